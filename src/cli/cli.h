@@ -1,0 +1,46 @@
+/*
+ * cli — the `posthaste` subcommands and what they share.
+ *
+ * Every command is `int cmd_X(int argc, char **argv)` returning an exit
+ * status: 0 ok, 1 runtime error, 2 usage error. Errors go to stderr and
+ * name what was wrong. Each command answers --help with its usage.
+ */
+#ifndef PH_CLI_CLI_H
+#define PH_CLI_CLI_H
+
+#include "core/config.h"
+#include "spool/spool.h"
+
+#include <stdio.h>
+
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+typedef struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+    const char *usage; /* full help text */
+} cli_command;
+
+/* The command table (main.c). */
+const cli_command *cli_find(const char *name);
+void cli_print_usage(FILE *out);
+
+/* Load -c PATH, or $POSTHASTE_CONFIG, or ./posthaste.conf if present, or defaults. */
+config *cli_load_config(const char *path);
+/* Open the configured spool (creating spool_dir); prints the error and returns NULL. */
+spool *cli_open_spool(const config *cfg);
+/* Options for a spool from the config. */
+void cli_spool_opts(const config *cfg, spool_opts *o, char **path_out);
+/* Print a command's usage and return EXIT_USAGE (or EXIT_OK for --help). */
+int cli_usage(const char *cmd, int as_error);
+/* "error: …" on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+int cmd_serve(int argc, char **argv);
+int cmd_keys(int argc, char **argv);
+int cmd_queue(int argc, char **argv);
+int cmd_version(int argc, char **argv);
+int cmd_help(int argc, char **argv);
+
+#endif

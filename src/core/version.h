@@ -1,0 +1,4 @@
+#ifndef PH_CORE_VERSION_H
+#define PH_CORE_VERSION_H
+#define POSTHASTE_VERSION "0.1.0"
+#endif
