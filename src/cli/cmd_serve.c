@@ -2,13 +2,14 @@
 #include "cli/cli.h"
 
 #include "core/server.h"
+#include "submit/submit.h"
 
 #include <getopt.h>
 #include <string.h>
 
 /* Every subsystem that runs inside `serve`, in start order. */
-static const server_component components[] = {
-    {0},
+static const server_component *const components[] = {
+    &submit_component,
 };
 
 int cmd_serve(int argc, char **argv)
@@ -33,8 +34,6 @@ int cmd_serve(int argc, char **argv)
     config *cfg = cli_load_config(conf);
     if (!cfg)
         return EXIT_RUNTIME;
-    size_t n = 0;
-    while (n < sizeof components / sizeof components[0] && components[n].name)
-        n++;
-    return server_run(cfg, components, n) ? EXIT_RUNTIME : EXIT_OK;
+    return server_run(cfg, components, sizeof components / sizeof components[0]) ? EXIT_RUNTIME
+                                                                                  : EXIT_OK;
 }

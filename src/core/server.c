@@ -18,7 +18,7 @@
 
 typedef struct runner {
     server srv;
-    const server_component *comps;
+    const server_component *const *comps;
     size_t ncomps;
     struct event *ev_term, *ev_int, *ev_hup, *ev_drain;
     int64_t drain_deadline;
@@ -48,8 +48,8 @@ static size_t busy_total(runner *r)
 {
     size_t n = spool_pending(r->srv.spool);
     for (size_t i = 0; i < r->ncomps; i++)
-        if (r->comps[i].busy)
-            n += r->comps[i].busy(&r->srv);
+        if (r->comps[i]->busy)
+            n += r->comps[i]->busy(&r->srv);
     return n;
 }
 
@@ -78,8 +78,8 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     r->srv.draining = 1;
     log_ev(LOG_INFO, "shutdown_started", "{s:i}", "signal", (int)sig);
     for (size_t i = 0; i < r->ncomps; i++)
-        if (r->comps[i].drain)
-            r->comps[i].drain(&r->srv);
+        if (r->comps[i]->drain)
+            r->comps[i]->drain(&r->srv);
     r->drain_deadline = clock_mono_ms() + r->srv.cfg->shutdown_timeout;
     on_drain_tick(-1, 0, r);
 }
@@ -100,8 +100,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     if (open_log(r, next, &e))
         log_ev(LOG_ERROR, "reload_failed", "{s:s}", "error", e.msg);
     for (size_t i = 0; i < r->ncomps; i++)
-        if (r->comps[i].reload)
-            r->comps[i].reload(&r->srv, next);
+        if (r->comps[i]->reload)
+            r->comps[i]->reload(&r->srv, next);
     /* Listener addresses and the spool stay as they were: those need a restart. */
     log_ev(LOG_INFO, "reloaded", "{s:s,s:s}", "config", next->path, "log_level", next->log_level);
     cfg_free(next);
@@ -177,8 +177,8 @@ static int start(runner *r, size_t *started, err *e)
     if (!r->ev_drain || open_spool(r, e))
         return -1;
     for (size_t i = 0; i < r->ncomps; i++) {
-        if (r->comps[i].start(&r->srv, e)) {
-            err_wrap(e, "%s", r->comps[i].name);
+        if (r->comps[i]->start(&r->srv, e)) {
+            err_wrap(e, "%s", r->comps[i]->name);
             return -1;
         }
         *started = i + 1;
@@ -189,8 +189,8 @@ static int start(runner *r, size_t *started, err *e)
 static void teardown(runner *r, size_t started)
 {
     for (size_t i = started; i > 0; i--)
-        if (r->comps[i - 1].stop)
-            r->comps[i - 1].stop(&r->srv);
+        if (r->comps[i - 1]->stop)
+            r->comps[i - 1]->stop(&r->srv);
     spool_close(r->srv.spool);
     struct event *evs[] = {r->ev_term, r->ev_int, r->ev_hup, r->ev_drain};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
@@ -204,7 +204,7 @@ static void teardown(runner *r, size_t started)
         fclose(r->log_file);
 }
 
-int server_run(config *cfg, const server_component *components, size_t n)
+int server_run(config *cfg, const server_component *const *components, size_t n)
 {
     runner r = {.srv = {.cfg = cfg}, .comps = components, .ncomps = n};
     size_t started = 0;

@@ -23,6 +23,7 @@ struct smtps;
 struct api;
 struct delivery;
 struct outcome;
+struct submit;
 
 typedef struct server {
     struct event_base *base;
@@ -30,6 +31,7 @@ typedef struct server {
     spool *spool;
     int draining;
     /* Component state, owned by the component's module. */
+    struct submit *submit;
     struct smtps *smtp;
     struct api *api;
     struct delivery *delivery;
@@ -46,6 +48,6 @@ typedef struct server_component {
 } server_component;
 
 /* Run until drained. Takes ownership of cfg. Returns an exit status. */
-int server_run(config *cfg, const server_component *components, size_t n);
+int server_run(config *cfg, const server_component *const *components, size_t n);
 
 #endif

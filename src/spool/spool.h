@@ -96,6 +96,7 @@ int spool_write_sync(spool *s, spool_write_fn fn, void *arg, err *e);
 /* ---- submissions ---------------------------------------------------- */
 
 typedef struct spool_submission {
+    const char *id;                 /* pre-assigned message id, or NULL to mint one */
     const char *mail_from;          /* envelope sender; "" for the null path */
     const char *const *rcpts;       /* envelope recipients */
     const unsigned char *suppressed; /* per recipient: 1 = record as suppressed; may be NULL */

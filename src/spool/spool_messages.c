@@ -117,7 +117,9 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
         err_set(e, ERR_INVALID, "message has no recipients");
         return -1;
     }
-    if (ids_message(id) < 0) {
+    if (m->id && strlen(m->id) == ID_MSG_LEN)
+        memcpy(id, m->id, ID_MSG_LEN + 1);
+    else if (ids_message(id) < 0) {
         err_set(e, ERR_IO, "no randomness for a message id");
         return -1;
     }
@@ -238,7 +240,7 @@ typedef struct submit_op {
     spool_submission m;
     char **rcpts;
     unsigned char *suppressed;
-    char *mail_from, *data, *ingress, *key_id, *meta;
+    char *mail_from, *data, *ingress, *key_id, *meta, *pre_id;
     char id[ID_MSG_LEN + 1];
     spool_submit_cb cb;
     void *arg;
@@ -257,7 +259,9 @@ static submit_op *submit_copy(const spool_submission *m)
     op->ingress = m->ingress ? xstrdup(m->ingress) : NULL;
     op->key_id = m->key_id ? xstrdup(m->key_id) : NULL;
     op->meta = m->meta ? xstrdup(m->meta) : NULL;
+    op->pre_id = m->id ? xstrdup(m->id) : NULL;
     op->m = *m;
+    op->m.id = op->pre_id;
     op->m.rcpts = (const char *const *)op->rcpts;
     op->m.suppressed = op->suppressed;
     op->m.mail_from = op->mail_from;
@@ -279,6 +283,7 @@ static void submit_free(submit_op *op)
     free(op->ingress);
     free(op->key_id);
     free(op->meta);
+    free(op->pre_id);
     free(op);
 }
 

@@ -107,6 +107,29 @@ static const char *const migrations[] = {
     "  reason TEXT NOT NULL,"
     "  created_ms INTEGER NOT NULL,"
     "  PRIMARY KEY(email, scope));",
+
+    /* 2: idempotent API requests, webhooks and their durable cursors. */
+    "CREATE TABLE idempotency("
+    "  key_id TEXT NOT NULL,"
+    "  idem_key TEXT NOT NULL,"
+    "  request_hash TEXT NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  response TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  PRIMARY KEY(key_id, idem_key));"
+    "CREATE INDEX idempotency_age ON idempotency(created_ms);"
+    "CREATE TABLE webhooks("
+    "  id TEXT PRIMARY KEY,"
+    "  url TEXT NOT NULL,"
+    "  events TEXT NOT NULL,"
+    "  secret TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  cursor INTEGER NOT NULL DEFAULT 0,"
+    "  failing_since_ms INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT,"
+    "  healthy INTEGER NOT NULL DEFAULT 1);"
+    "CREATE INDEX events_type ON events(type, id);"
+    "CREATE INDEX messages_created ON messages(created_ms);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
