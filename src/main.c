@@ -10,60 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static const cli_command commands[] = {
-    {"serve", cmd_serve, "run the mail server",
-     "usage: posthaste serve [-c CONFIG]\n"
-     "\n"
-     "Run the server: SMTP submission, HTTP API, delivery, on one event loop.\n"
-     "Without -c, reads $POSTHASTE_CONFIG or ./posthaste.conf when present,\n"
-     "else runs on built-in defaults (spool in ./var, listeners on loopback).\n"
-     "\n"
-     "Signals: SIGTERM/SIGINT stop accepting, finish in-flight commits and exit;\n"
-     "SIGHUP re-reads the configuration (log level and limits).\n"},
-    {"keys", cmd_keys, "create, list and revoke API keys",
-     "usage: posthaste keys create --name NAME [--scope send|read|admin ...]\n"
-     "                             [--sender-domain D ...] [--allow-ip CIDR ...]\n"
-     "                             [--rate N/s] [--require-signing] [-c CONFIG]\n"
-     "       posthaste keys list [--json] [-c CONFIG]\n"
-     "       posthaste keys revoke ID [-c CONFIG]\n"
-     "\n"
-     "A key (ph_<id>_<secret>) is printed once by create and never again; only a\n"
-     "hash is stored. The same key is the SMTP AUTH password and the API Bearer token.\n"
-     "Scopes: send (submit mail), read (status, events), admin (keys, suppressions).\n"},
-    {"queue", cmd_queue, "inspect and manage the spool",
-     "usage: posthaste queue list [--state STATE] [--limit N] [--json] [-c CONFIG]\n"
-     "       posthaste queue show ID [--raw] [--json] [-c CONFIG]\n"
-     "       posthaste queue retry ID|--all [-c CONFIG]\n"
-     "       posthaste queue delete ID [-c CONFIG]\n"
-     "       posthaste queue flush [-c CONFIG]\n"
-     "       posthaste queue stats [--json] [-c CONFIG]\n"
-     "       posthaste queue check [-c CONFIG]\n"
-     "\n"
-     "Works on the spool of a running server safely (SQLite locking).\n"
-     "States: queued sending deferred delivered bounced expired suppressed cancelled.\n"
-     "flush makes every deferred recipient due now (same as retry --all).\n"},
-    {"version", cmd_version, "print the version", "usage: posthaste version\n"},
-    {"help", cmd_help, "help on a command, or on configuration",
-     "usage: posthaste help [COMMAND]\n"
-     "       posthaste help config [--markdown]\n"},
-};
-#define NCOMMANDS (sizeof commands / sizeof commands[0])
-
-const cli_command *cli_find(const char *name)
-{
-    for (size_t i = 0; i < NCOMMANDS; i++)
-        if (strcmp(commands[i].name, name) == 0)
-            return &commands[i];
-    return NULL;
-}
-
-void cli_print_usage(FILE *out)
-{
-    fputs("usage: posthaste COMMAND [ARGS]\n\ncommands:\n", out);
-    for (size_t i = 0; i < NCOMMANDS; i++)
-        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fputs("\nRun 'posthaste help COMMAND' or 'posthaste COMMAND --help' for details.\n", out);
-}
+/* The command table lives in src/cli/commands.c (so tests can link it). */
 
 int main(int argc, char **argv)
 {

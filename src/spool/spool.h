@@ -73,6 +73,9 @@ int spool_start_writer(spool *s, struct event_base *base, err *e);
 void spool_close(spool *s);
 /* Requests queued or in flight in the writer (for draining and /readyz). */
 size_t spool_pending(spool *s);
+/* Group commits completed so far and writes they carried (for metrics and
+   for tests that prove writes share commits). */
+void spool_commit_stats(spool *s, uint64_t *commits, uint64_t *writes);
 /* Milliseconds the most recent group commit took (fsync included). */
 int64_t spool_last_commit_ms(spool *s);
 /* Reset recipients left 'sending' by a crash to 'queued' (at-least-once). */

@@ -47,6 +47,7 @@ struct spool {
     struct wop_list done;  /* committed, waiting for the loop */
     size_t pending;
     int64_t last_commit_ms;
+    uint64_t commits, writes;
 
     /* Completion hand-off to the event loop. */
     int efd;
@@ -377,6 +378,8 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&s->lock);
         s->last_commit_ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        s->commits++;
+        s->writes += n;
         for (size_t i = 0; i < n; i++)
             finish_op(s, ops[i]);
         uint64_t one = 1;
@@ -500,6 +503,14 @@ size_t spool_pending(spool *s)
     size_t n = s->pending;
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+void spool_commit_stats(spool *s, uint64_t *commits, uint64_t *writes)
+{
+    pthread_mutex_lock(&s->lock);
+    *commits = s->commits;
+    *writes = s->writes;
+    pthread_mutex_unlock(&s->lock);
 }
 
 int64_t spool_last_commit_ms(spool *s)
