@@ -112,6 +112,20 @@ static const cfg_def defs[] = {
      "largest clock difference accepted on signed requests"},
     {"api", "public_url", T_STR, F(public_url), "http://127.0.0.1:8025", 0, 0, NULL,
      "base URL recipients reach (unsubscribe links)"},
+    {"api", "blocked_types", T_STR, F(api_blocked_types),
+     "application/x-executable,application/x-pie-executable,application/x-sharedlib,"
+     "application/x-dosexec,application/x-msdownload,application/vnd.microsoft.portable-executable,"
+     "application/x-mach-binary,text/x-shellscript,text/x-script.python,text/x-perl,text/x-php,"
+     "text/x-msdos-batch,application/x-bat,application/javascript,text/javascript",
+     0, 0, NULL, "attachment content types refused, as sniffed from the bytes by libmagic"},
+    {"api", "recipients_per_day", T_INT, F(api_recipients_per_day), "0", 0, 1000000000, NULL,
+     "recipients one API key may submit in any 24 hours (0: unlimited; 429 past it)"},
+    {"api", "idempotency_ttl", T_DUR, F(api_idempotency_ttl), "24h", 1000, 30 * 86400e3, NULL,
+     "how long an Idempotency-Key is remembered"},
+    {"api", "max_page_size", T_INT, F(api_max_page_size), "1000", 1, 100000, NULL,
+     "largest limit= on list routes (messages, events, suppressions)"},
+    {"api", "timeout", T_DUR, F(api_timeout), "60s", 1000, 3600e3, NULL,
+     "time allowed to read a request or write a response"},
 
     {"delivery", "paused", T_BOOL, F(delivery_paused), "no", 0, 0, NULL,
      "accept and queue, but deliver nothing"},
@@ -166,6 +180,26 @@ static const cfg_def defs[] = {
      "send a non-delivery report for bounced mail submitted over SMTP"},
     {"delivery", "notify_sender_api", T_BOOL, F(notify_sender_api), "no", 0, 0, NULL,
      "send a non-delivery report for bounced mail submitted over the API"},
+    {"delivery", "max_rcpts_per_txn", T_INT, F(max_rcpts_per_txn), "100", 1, 10000, NULL,
+     "recipients of one message and destination sent in one SMTP transaction"},
+    {"delivery", "max_reply_line", T_INT, F(max_reply_line), "2048", 512, 65536, NULL,
+     "longest reply line accepted from a remote server, CRLF included"},
+    {"delivery", "max_reply_size", T_SIZE, F(max_reply_size), "64K", 512, 1048576, NULL,
+     "largest multi-line reply accepted from a remote server"},
+    {"delivery", "concurrency_penalty", T_DUR, F(concurrency_penalty), "1m", 0, 86400e3, NULL,
+     "after a 421 or refused connection a destination's concurrency is halved for this long"},
+    {"delivery", "dns_timeout", T_DUR, F(dns_timeout), "5s", 100, 600e3, NULL,
+     "time allowed for one DNS lookup (all tries)"},
+    {"delivery", "scan_batch", T_INT, F(scan_batch), "1000", 1, 1000000, NULL,
+     "due recipients read per scheduler scan (and most held in memory)"},
+
+    {"dkim", "sign_threads", T_INT, F(dkim_sign_threads), "2", 0, 64, NULL,
+     "worker threads that DKIM-sign messages off the event loop (0: sign on the loop)"},
+
+    {"doctor", "public_ips", T_STR, F(doctor_public_ips), "", 0, 0, NULL,
+     "this server's public sending addresses, comma-separated, checked against SPF (empty: the hostname's A/AAAA)"},
+    {"doctor", "dns_timeout", T_DUR, F(doctor_dns_timeout), "3s", 100, 60e3, NULL,
+     "how long doctor waits for one DNS answer before reporting 'cannot resolve'"},
 };
 
 /* Keys of a [domain NAME] section: per-recipient-domain route overrides. */
@@ -183,7 +217,20 @@ static const cfg_def domain_defs[] = {
     {"domain NAME", "msgs_per_second", T_DOUBLE, D(msgs_per_second), "0", 0, 1e6, NULL, "rate limit (0: global)"},
 };
 
+/* Keys of a [sender NAME] section: DKIM keys and return path per sending domain. */
+#define S(field) offsetof(cfg_sender, field)
+static const cfg_def sender_defs[] = {
+    {"sender NAME", "dkim_selector", T_STR, S(dkim_selector), "", 0, 0, NULL, "selector of the rsa-sha256 key"},
+    {"sender NAME", "dkim_key_file", T_STR, S(dkim_key_file), "", 0, 0, NULL, "PEM RSA private key, >= 2048 bits, mode 0600"},
+    {"sender NAME", "dkim_ed25519_selector", T_STR, S(dkim_ed25519_selector), "", 0, 0, NULL, "selector of the ed25519-sha256 key (RFC 8463)"},
+    {"sender NAME", "dkim_ed25519_key_file", T_STR, S(dkim_ed25519_key_file), "", 0, 0, NULL, "PEM Ed25519 private key, mode 0600"},
+    {"sender NAME", "sign_subdomains", T_BOOL, S(sign_subdomains), "no", 0, 0, NULL, "also sign mail whose From is a subdomain of NAME"},
+    {"sender NAME", "dkim_expire", T_DUR, S(dkim_expire), "0", 0, 3650 * 86400e3, NULL, "signature lifetime written as x= (0: no x=)"},
+    {"sender NAME", "bounce_domain", T_STR, S(bounce_domain), "", 0, 0, NULL, "envelope sender becomes bounces+<id>@bounce_domain (empty: keep the sender's)"},
+};
+
 #define NDEFS (sizeof defs / sizeof defs[0])
+#define NSENDER_DEFS (sizeof sender_defs / sizeof sender_defs[0])
 #define NDOMAIN_DEFS (sizeof domain_defs / sizeof domain_defs[0])
 
 static int parse_int(const char *v, int64_t *out)
@@ -439,11 +486,51 @@ static int on_domain_key(load_ctx *ctx, const char *section, const char *key, co
     return 0;
 }
 
+static cfg_sender *sender_section(config *c, const char *name)
+{
+    for (cfg_sender *d = c->senders; d; d = d->next)
+        if (strcasecmp(d->name, name) == 0)
+            return d;
+    cfg_sender *d = xcalloc(1, sizeof *d);
+    apply_defaults(d, sender_defs, NSENDER_DEFS);
+    d->name = xstrdup(name);
+    for (char *p = d->name; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    d->next = c->senders;
+    c->senders = d;
+    return d;
+}
+
+static int on_sender_key(load_ctx *ctx, const char *section, const char *key, const char *value)
+{
+    const char *name = section + strlen("sender ");
+    while (*name == ' ')
+        name++;
+    if (!*name) {
+        fail(ctx, "section [%s] needs a domain name, e.g. [sender example.com]", section);
+        return 0;
+    }
+    for (size_t i = 0; i < NSENDER_DEFS; i++) {
+        if (strcmp(sender_defs[i].key, key) != 0)
+            continue;
+        char why[160];
+        if (set_value(sender_section(ctx->cfg, name), &sender_defs[i], value, why, sizeof why)) {
+            fail(ctx, "[%s] %s: %s", section, key, why);
+            return 0;
+        }
+        return 1;
+    }
+    fail(ctx, "unknown key '%s' in section [%s]", key, section);
+    return 0;
+}
+
 static int on_key(void *user, const char *section, const char *key, const char *value)
 {
     load_ctx *ctx = user;
     if (strncmp(section, "domain ", 7) == 0)
         return on_domain_key(ctx, section, key, value);
+    if (strncmp(section, "sender ", 7) == 0)
+        return on_sender_key(ctx, section, key, value);
     int section_known = 0;
     for (size_t i = 0; i < NDEFS; i++) {
         if (strcmp(defs[i].section, section) != 0)
@@ -515,6 +602,14 @@ void cfg_free(config *c)
         free(d);
         d = next;
     }
+    cfg_sender *snd = c->senders;
+    while (snd) {
+        cfg_sender *next = snd->next;
+        free_strings(snd, sender_defs, NSENDER_DEFS);
+        free(snd->name);
+        free(snd);
+        snd = next;
+    }
     free(c->path);
     free(c);
 }
@@ -524,6 +619,19 @@ const cfg_domain *cfg_find_domain(const config *c, const char *domain)
     for (const cfg_domain *d = c->domains; d; d = d->next)
         if (strcasecmp(d->name, domain) == 0)
             return d;
+    return NULL;
+}
+
+const cfg_sender *cfg_find_sender(const config *c, const char *domain)
+{
+    for (const cfg_sender *d = c->senders; d; d = d->next)
+        if (strcasecmp(d->name, domain) == 0)
+            return d;
+    /* Walk up the parents: mail.example.com -> example.com -> com. */
+    for (const char *p = strchr(domain, '.'); p; p = strchr(p + 1, '.'))
+        for (const cfg_sender *d = c->senders; d; d = d->next)
+            if (d->sign_subdomains && strcasecmp(d->name, p + 1) == 0)
+                return d;
     return NULL;
 }
 
@@ -560,6 +668,7 @@ void cfg_print_reference(FILE *out, int markdown)
 {
     print_table(out, markdown, defs, NDEFS);
     print_table(out, markdown, domain_defs, NDOMAIN_DEFS);
+    print_table(out, markdown, sender_defs, NSENDER_DEFS);
 }
 
 char *cfg_secret(const char *file, const char *env, const char *what, err *e)

@@ -39,6 +39,19 @@ typedef struct cfg_domain {
     struct cfg_domain *next;
 } cfg_domain;
 
+/* A sending domain: a section [sender example.com] (DKIM keys, return path). */
+typedef struct cfg_sender {
+    char *name;                 /* lower-case domain */
+    char *dkim_selector;        /* rsa-sha256 selector ("" = no rsa key) */
+    char *dkim_key_file;        /* PEM private key, mode 0600 */
+    char *dkim_ed25519_selector;
+    char *dkim_ed25519_key_file;
+    int sign_subdomains;        /* also sign mail from *.name */
+    int64_t dkim_expire;        /* ms; x= = t= + this (0: no x=) */
+    char *bounce_domain;        /* envelope sender bounces+<id>@bounce_domain */
+    struct cfg_sender *next;
+} cfg_sender;
+
 typedef struct config {
     char *path;             /* file it was read from, or NULL for defaults */
 
@@ -88,6 +101,11 @@ typedef struct config {
     char *api_blocked_extensions;
     int64_t api_signature_skew;
     char *public_url;
+    char *api_blocked_types;
+    int64_t api_recipients_per_day;
+    int64_t api_idempotency_ttl;
+    int64_t api_max_page_size;
+    int64_t api_timeout;
 
     /* [delivery] */
     int delivery_paused;
@@ -120,8 +138,22 @@ typedef struct config {
     int64_t scheduler_interval;
     int notify_sender_smtp;
     int notify_sender_api;
+    int64_t max_rcpts_per_txn;
+    int64_t max_reply_line;
+    int64_t max_reply_size;
+    int64_t concurrency_penalty;
+    int64_t dns_timeout;
+    int64_t scan_batch;
+
+    /* [dkim] */
+    int64_t dkim_sign_threads;
+
+    /* [doctor] */
+    char *doctor_public_ips;
+    int64_t doctor_dns_timeout;
 
     cfg_domain *domains;
+    cfg_sender *senders;
 } config;
 
 /* Allocate a config holding every default. */
@@ -131,6 +163,9 @@ config *cfg_load(const char *path, err *e);
 void cfg_free(config *c);
 /* Look up the per-domain section for a recipient domain (exact match), or NULL. */
 const cfg_domain *cfg_find_domain(const config *c, const char *domain);
+/* The [sender] section for a From domain: exact match, else the nearest
+   parent domain with sign_subdomains = yes; NULL when none. */
+const cfg_sender *cfg_find_sender(const config *c, const char *domain);
 /* Print every key with default and description (for `help config`). */
 void cfg_print_reference(FILE *out, int markdown);
 /* Read a secret from a file (trailing newline trimmed) or an env variable. */
