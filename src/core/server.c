@@ -97,13 +97,14 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
         log_ev(LOG_ERROR, "reload_failed", "{s:s}", "error", e.msg);
         return;
     }
-    if (open_log(r, next, &e))
-        log_ev(LOG_ERROR, "reload_failed", "{s:s}", "error", e.msg);
     for (size_t i = 0; i < r->ncomps; i++)
         if (r->comps[i]->reload)
             r->comps[i]->reload(&r->srv, next);
-    /* Listener addresses and the spool stay as they were: those need a restart. */
+    /* Logged before the new level applies, so raising it does not hide this line.
+       Listener addresses and the spool stay as they were: those need a restart. */
     log_ev(LOG_INFO, "reloaded", "{s:s,s:s}", "config", next->path, "log_level", next->log_level);
+    if (open_log(r, next, &e))
+        log_ev(LOG_ERROR, "reload_failed", "{s:s}", "error", e.msg);
     cfg_free(next);
 }
 
