@@ -16,6 +16,8 @@ WARN     := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter
 CSTD     := -std=c17 -D_GNU_SOURCE
 OPT      ?= -O2 -g
 SAN      ?=
+# What pytest runs; narrow it with e.g. PYTEST_ARGS=tests/integration/test_cli.py
+PYTEST_ARGS ?= tests/integration
 
 DEPS_OK  := $(shell pkg-config --exists $(PKGS) 2>/dev/null && echo yes)
 ifeq ($(DEPS_OK),yes)
@@ -64,7 +66,12 @@ $(BUILD)/helpers/%: tests/helpers/%.c $(LIB_OBJ)
 
 run: all
 	@mkdir -p var
-	./posthaste serve $(if $(wildcard posthaste.conf),-c posthaste.conf,)
+	@echo "Posthaste starting on embedded defaults (spool ./var/spool.db, loopback listeners)."
+	@echo "In another terminal:"
+	@echo "  ./posthaste keys create --name first --scope send --scope read   # prints your key once"
+	@echo "  then send a first message as shown in README.md, 'Sending mail'."
+	@echo "Stop with Ctrl-C (graceful)."
+	exec ./posthaste serve $(if $(wildcard posthaste.conf),-c posthaste.conf,)
 
 test: deps
 	@$(MAKE) --no-print-directory posthaste $(UNIT_BIN) $(HELP_BIN)
@@ -76,7 +83,7 @@ test-unit: $(UNIT_BIN)
 # POSTHASTE_BIN and POSTHASTE_HELPERS tell the pytest harness which build to drive.
 test-integration: posthaste $(HELP_BIN)
 	POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
-	  $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	  $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Sanitizer build lives in its own tree so it never mixes objects with the normal one.
 test-asan: deps
@@ -89,7 +96,7 @@ test-unit-asan: $(UNIT_BIN) $(BUILD)/posthaste $(HELP_BIN)
 	  scripts/run-unit $(UNIT_BIN)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
-	  POSTHASTE_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	  POSTHASTE_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --std=c11 \
