@@ -7,8 +7,11 @@
 #include "core/mem.h"
 #include "core/server.h"
 #include "submit/address.h"
+#include "submit/dkim.h"
 #include "submit/headers.h"
+#include "submit/hygiene.h"
 #include "submit/keys.h"
+#include "submit/sign_pool.h"
 
 #include <gmime/gmime.h>
 #include <jansson.h>
@@ -26,6 +29,15 @@ typedef struct bucket {
     LIST_ENTRY(bucket) link;
 } bucket;
 
+/* The return-path rule of one [sender] section (copied: the config that
+   submit_new() saw need not outlive the pipeline). */
+typedef struct return_path {
+    char *domain;
+    char *bounce_domain;
+    int subdomains;
+    struct return_path *next;
+} return_path;
+
 struct submit {
     spool *spool;
     char *hostname;
@@ -33,6 +45,10 @@ struct submit {
     size_t max_size;
     size_t in_flight;
     LIST_HEAD(, bucket) buckets;
+    dkimsig_keyset *dkim;  /* NULL when the keys failed to load (setup_err) */
+    signpool *pool;        /* NULL: sign on the caller's thread */
+    return_path *return_paths;
+    err setup_err;
 };
 
 static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
@@ -40,6 +56,33 @@ static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
 static void gmime_start(void)
 {
     g_mime_init();
+}
+
+static void load_return_paths(submit *sb, const config *cfg)
+{
+    for (const cfg_sender *snd = cfg->senders; snd; snd = snd->next) {
+        if (!*snd->bounce_domain)
+            continue;
+        return_path *rp = xcalloc(1, sizeof *rp);
+        *rp = (return_path){.domain = xstrdup(snd->name), .bounce_domain = xstrdup(snd->bounce_domain),
+                            .subdomains = snd->sign_subdomains, .next = sb->return_paths};
+        sb->return_paths = rp;
+    }
+}
+
+/* The bounce domain for mail from `domain` (same matching as [sender]). */
+static const char *bounce_domain_for(const submit *sb, const char *domain)
+{
+    const return_path *best = NULL;
+    for (const return_path *rp = sb->return_paths; rp; rp = rp->next) {
+        size_t dl = strlen(rp->domain), fl = strlen(domain);
+        int exact = strcasecmp(rp->domain, domain) == 0;
+        int sub = rp->subdomains && fl > dl + 1 && domain[fl - dl - 1] == '.' &&
+                  strcasecmp(domain + fl - dl, rp->domain) == 0;
+        if ((exact || sub) && (!best || strlen(rp->domain) > strlen(best->domain)))
+            best = rp;
+    }
+    return best ? best->bounce_domain : NULL;
 }
 
 submit *submit_new(spool *s, const config *cfg)
@@ -50,7 +93,28 @@ submit *submit_new(spool *s, const config *cfg)
     sb->hostname = xstrdup(cfg->hostname);
     LIST_INIT(&sb->buckets);
     submit_reload(sb, cfg);
+    /* A key that fails to load (loose mode, too short, unreadable) must not
+       let mail go out unsigned: the error is kept, serve refuses to start,
+       and every submission fails with it (submit_ready). */
+    sb->dkim = dkimsig_load(cfg, &sb->setup_err);
+    load_return_paths(sb, cfg);
     return sb;
+}
+
+int submit_ready(const submit *sb, err *e)
+{
+    if (sb->dkim)
+        return 0;
+    *e = sb->setup_err;
+    return -1;
+}
+
+int submit_start_signing(submit *sb, struct event_base *base, int threads, err *e)
+{
+    if (threads <= 0)
+        return 0;
+    sb->pool = signpool_new(base, threads, e);
+    return sb->pool ? 0 : -1;
 }
 
 void submit_reload(submit *sb, const config *cfg)
@@ -67,6 +131,15 @@ void submit_free(submit *sb)
         bucket *b = LIST_FIRST(&sb->buckets);
         LIST_REMOVE(b, link);
         free(b);
+    }
+    signpool_free(sb->pool);
+    dkimsig_free(sb->dkim);
+    while (sb->return_paths) {
+        return_path *rp = sb->return_paths;
+        sb->return_paths = rp->next;
+        free(rp->domain);
+        free(rp->bounce_domain);
+        free(rp);
     }
     free(sb->hostname);
     free(sb);
@@ -197,12 +270,8 @@ static int add_missing(buf *out, const submit *sb, const submit_req *r, const hd
                        char msgid[300])
 {
     if (hdr_find(h, r->data, "Message-ID") < 0) {
-        uint8_t raw[16];
-        char hex[33];
-        if (ids_random(raw, sizeof raw))
+        if (hyg_message_id(sb->hostname, msgid, HYG_MSGID_MAX))
             return -1;
-        ids_hex(raw, sizeof raw, hex);
-        snprintf(msgid, 300, "<%s@%s>", hex, sb->hostname);
         if (buf_appendf(out, "Message-ID: %s\r\n", msgid))
             return -1;
     } else {
@@ -218,6 +287,22 @@ static int add_missing(buf *out, const submit *sb, const submit_req *r, const hd
         if (buf_appendf(out, "Date: %s\r\n", date))
             return -1;
     }
+    /* MIME-Version is needed once the message uses MIME: a Content-* field,
+       or 8-bit body text that only a Content-Type can label. */
+    if (hdr_find(h, r->data, "MIME-Version") < 0 &&
+        (hdr_find(h, r->data, "Content-Type") >= 0 ||
+         hdr_find(h, r->data, "Content-Transfer-Encoding") >= 0 ||
+         hyg_has_8bit(r->data + h->body_off, r->len - h->body_off)))
+        if (buf_appends(out, "MIME-Version: 1.0\r\n"))
+            return -1;
+    /* Unlabelled 8-bit text would be read as US-ASCII; say what it is. */
+    size_t body_len = r->len - h->body_off;
+    if (hdr_find(h, r->data, "Content-Type") < 0 && hyg_has_8bit(r->data + h->body_off, body_len) &&
+        addr_valid_utf8(r->data + h->body_off, body_len) &&
+        hdr_find(h, r->data, "Content-Transfer-Encoding") < 0)
+        if (buf_appends(out, "Content-Type: text/plain; charset=utf-8\r\n"
+                             "Content-Transfer-Encoding: 8bit\r\n"))
+            return -1;
     return 0;
 }
 
@@ -230,12 +315,9 @@ static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, 
         const hdr_field *f = &h->fields[i];
         if (f->name_len == 3 && strncasecmp(r->data + f->off, "Bcc", 3) == 0)
             continue; /* Bcc never leaves */
-        if (buf_append(out, r->data + f->off, f->len))
-            goto too_big;
-        if (f->off + f->len == h->header_len && h->body_off == h->header_len &&
-            (f->len < 2 || r->data[f->off + f->len - 1] != '\n'))
-            if (buf_appends(out, "\r\n"))
-                goto too_big;
+        /* Folded at 78, refused past 998; always ends in CRLF. */
+        if (hyg_fold(r->data + f->off, f->len, out, e))
+            return -1;
     }
     if (buf_appends(out, "\r\n") ||
         buf_append(out, r->data + h->body_off, r->len - h->body_off))
@@ -246,7 +328,7 @@ too_big:
     return -1;
 }
 
-static char *build_meta(const submit_req *r, const char *msgid, err *e)
+static char *build_meta(const submit_req *r, const char *msgid, const char *original_sender, err *e)
 {
     json_t *meta = NULL;
     if (r->meta && *r->meta) {
@@ -262,6 +344,8 @@ static char *build_meta(const submit_req *r, const char *msgid, err *e)
     }
     if (*msgid)
         json_object_set_new(meta, "message_id", json_string(msgid));
+    if (original_sender)
+        json_object_set_new(meta, "original_sender", json_string(original_sender));
     char *text = json_dumps(meta, JSON_COMPACT);
     json_decref(meta);
     return text;
@@ -269,23 +353,144 @@ static char *build_meta(const submit_req *r, const char *msgid, err *e)
 
 /* ---- commit ---------------------------------------------------------------- */
 
-typedef struct pending {
+/* Everything a submission needs after submit_message() has returned (the
+   caller's buffers are gone by then), from signing to the commit's callback. */
+typedef struct job {
     submit *sb;
     submit_cb cb;
     void *arg;
+    char id[ID_MSG_LEN + 1];
+    char from_domain[256];
+    char *mail_from;
+    char **rcpts;
     unsigned char *suppressed;
     size_t nrcpts;
-    int64_t started_ms;
-} pending;
+    buf data;           /* the rebuilt message; signed in place */
+    char *ingress, *key_id, *meta;
+    int64_t not_before_ms;
+    err e;              /* signing failure, set on the worker */
+    int failed;
+} job;
+
+static void job_free(job *j)
+{
+    for (size_t i = 0; i < j->nrcpts; i++)
+        free(j->rcpts[i]);
+    free(j->rcpts);
+    free(j->suppressed);
+    free(j->mail_from);
+    free(j->ingress);
+    free(j->key_id);
+    free(j->meta);
+    buf_free(&j->data);
+    free(j);
+}
 
 static void on_committed(void *arg, const char *id, const err *e)
 {
-    pending *p = arg;
-    p->sb->in_flight--;
-    submit_result res = {.id = id, .nrcpts = p->nrcpts, .suppressed = p->suppressed};
-    p->cb(p->arg, e ? NULL : &res, e);
-    free(p->suppressed);
-    free(p);
+    job *j = arg;
+    j->sb->in_flight--;
+    submit_result res = {.id = id, .nrcpts = j->nrcpts, .suppressed = j->suppressed};
+    j->cb(j->arg, e ? NULL : &res, e);
+    job_free(j);
+}
+
+/* Hand the (signed) message to the spool's group commit. spool_submit
+   copies the submission, so the job only waits for the callback. */
+static int commit_job(job *j)
+{
+    spool_submission m = {
+        .id = j->id,
+        .mail_from = j->mail_from,
+        .rcpts = (const char *const *)j->rcpts,
+        .suppressed = j->suppressed,
+        .nrcpts = j->nrcpts,
+        .data = j->data.data,
+        .len = j->data.len,
+        .ingress = j->ingress,
+        .key_id = j->key_id,
+        .meta = j->meta,
+        .not_before_ms = j->not_before_ms,
+    };
+    return spool_submit(j->sb->spool, &m, on_committed, j);
+}
+
+/* Worker thread (or caller): prepend the DKIM-Signature fields. Touches
+   only the job and the read-only key set. */
+static void sign_work(void *arg)
+{
+    job *j = arg;
+    buf sigs;
+    buf_init(&sigs, j->data.max);
+    int n = dkimsig_sign(j->sb->dkim, j->from_domain, j->data.data, j->data.len, &sigs, &j->e);
+    if (n < 0) {
+        j->failed = 1;
+    } else if (n > 0) {
+        if (buf_append(&sigs, j->data.data, j->data.len)) {
+            err_set(&j->e, ERR_LIMIT, "message larger than %zu bytes after signing", j->data.max);
+            j->failed = 1;
+        } else {
+            buf_free(&j->data);
+            j->data = sigs;
+            return;
+        }
+    }
+    buf_free(&sigs);
+}
+
+/* Event loop: the worker is done; commit, or report the failure. */
+static void sign_done(void *arg)
+{
+    job *j = arg;
+    if (!j->failed && commit_job(j) == 0)
+        return;
+    if (!j->failed)
+        err_set(&j->e, ERR_BUSY, "server is shutting down");
+    log_ev(LOG_ERROR, "submit_failed", "{s:s,s:s}", "id", j->id, "error", j->e.msg);
+    on_committed(j, NULL, &j->e);
+}
+
+static job *new_job(submit *sb, const submit_req *r, const char *id, const char *from_domain,
+                    const char *mail_from, buf *data, char *meta, unsigned char *suppressed,
+                    submit_cb cb, void *arg)
+{
+    job *j = xcalloc(1, sizeof *j);
+    *j = (job){.sb = sb, .cb = cb, .arg = arg, .suppressed = suppressed, .nrcpts = r->nrcpts,
+               .mail_from = xstrdup(mail_from), .ingress = xstrdup(r->ingress ? r->ingress : ""),
+               .key_id = r->key ? xstrdup(r->key->id) : NULL, .meta = meta,
+               .not_before_ms = r->not_before_ms, .data = *data};
+    memcpy(j->id, id, sizeof j->id);
+    snprintf(j->from_domain, sizeof j->from_domain, "%s", from_domain);
+    j->rcpts = xcalloc(r->nrcpts, sizeof *j->rcpts);
+    for (size_t i = 0; i < r->nrcpts; i++)
+        j->rcpts[i] = xstrdup(r->rcpts[i]);
+    buf_init(data, data->max); /* moved into the job */
+    return j;
+}
+
+/* Sign (on a worker when there is a pool and a key) and queue the commit.
+   Returns -1 + e only when nothing was queued and cb will not run. */
+static int dispatch(submit *sb, job *j, err *e)
+{
+    if (sb->pool && dkimsig_count_for(sb->dkim, j->from_domain) > 0) {
+        sb->in_flight++;
+        if (signpool_run(sb->pool, sign_work, sign_done, j) == 0)
+            return 0;
+        sb->in_flight--;
+        err_set(e, ERR_BUSY, "server is shutting down");
+        return -1;
+    }
+    sign_work(j);
+    if (j->failed) {
+        *e = j->e;
+        return -1;
+    }
+    if (commit_job(j)) {
+        err_set(e, ERR_BUSY, "server is shutting down");
+        return -1;
+    }
+    sb->in_flight++;
+    return 0;
 }
 
 static int mark_suppressed(submit *sb, const submit_req *r, const char *scope, unsigned char *out,
@@ -323,38 +528,33 @@ int submit_message(submit *sb, const submit_req *r, submit_cb cb, void *arg, err
     int rc = -1;
     if (check_from(r, &h, from_domain, e))
         goto done;
+    if (submit_ready(sb, e))
+        goto done;
     if (ids_message(id)) {
         err_set(e, ERR_IO, "no randomness for a message id");
         goto done;
     }
-    if (rebuild(sb, r, &h, id, &out, msgid, e) || !(meta = build_meta(r, msgid, e)) ||
+    /* VERP-ready return path: bounces come back to bounce_domain tagged
+       with the message id; the original sender is kept in meta. */
+    const char *mail_from = r->mail_from ? r->mail_from : "";
+    const char *bounce = *mail_from ? bounce_domain_for(sb, from_domain) : NULL;
+    char rpath[ADDR_MAX + 1];
+    if (bounce && hyg_return_path(id, bounce, rpath, sizeof rpath)) {
+        err_set(e, ERR_INVALID, "bounce_domain %s is too long for a return path", bounce);
+        goto done;
+    }
+    if (rebuild(sb, r, &h, id, &out, msgid, e) ||
+        !(meta = build_meta(r, msgid, bounce ? mail_from : NULL, e)) ||
         mark_suppressed(sb, r, from_domain, suppressed, e))
         goto done;
 
-    pending *p = xcalloc(1, sizeof *p);
-    *p = (pending){.sb = sb, .cb = cb, .arg = arg, .suppressed = suppressed, .nrcpts = r->nrcpts,
-                   .started_ms = clock_mono_ms()};
-    spool_submission m = {
-        .id = id,
-        .mail_from = r->mail_from ? r->mail_from : "",
-        .rcpts = r->rcpts,
-        .suppressed = suppressed,
-        .nrcpts = r->nrcpts,
-        .data = out.data,
-        .len = out.len,
-        .ingress = r->ingress,
-        .key_id = r->key ? r->key->id : NULL,
-        .meta = meta,
-        .not_before_ms = r->not_before_ms,
-    };
-    if (spool_submit(sb->spool, &m, on_committed, p)) {
-        free(p);
-        err_set(e, ERR_BUSY, "server is shutting down");
-        goto done;
-    }
-    suppressed = NULL; /* owned by p now */
-    sb->in_flight++;
-    rc = 0;
+    job *j = new_job(sb, r, id, from_domain, bounce ? rpath : mail_from, &out, meta,
+                     suppressed, cb, arg);
+    meta = NULL;
+    suppressed = NULL; /* owned by the job now */
+    rc = dispatch(sb, j, e);
+    if (rc)
+        job_free(j);
 done:
     free(suppressed);
     free(meta);
@@ -367,8 +567,11 @@ done:
 
 static int component_start(server *srv, err *e)
 {
-    (void)e;
     srv->submit = submit_new(srv->spool, srv->cfg);
+    /* Refuse to start rather than send unsigned mail (e.g. a key in loose mode). */
+    if (submit_ready(srv->submit, e) ||
+        submit_start_signing(srv->submit, srv->base, (int)srv->cfg->dkim_sign_threads, e))
+        return -1;
     return 0;
 }
 

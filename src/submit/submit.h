@@ -9,11 +9,17 @@
  *   2. require exactly one parseable From: whose every mailbox, and the
  *      envelope sender, is in a domain the key may send for (ERR_DENIED);
  *   3. rewrite the header: prepend a Received: trace field, drop Bcc:,
- *      add Message-ID: and Date: when missing;
+ *      add Message-ID: (<128-bit hex@hostname>), Date: and MIME-Version:
+ *      when missing, fold header lines at 78 octets (refusing any that
+ *      cannot be kept under 998), and with a [sender] bounce_domain set the
+ *      envelope sender to bounces+<id>@bounce_domain (original in meta);
  *   4. mark recipients on the suppression list (they are stored, never
  *      contacted, and get a 'suppressed' event);
- *   5. queue the result for the spool's group commit and call cb once the
- *      commit is durable (or failed).
+ *   5. DKIM-sign the rebuilt bytes for the From domain (dkim.h) on a
+ *      signing worker thread (sign_pool.h), so the spool stores signed
+ *      bytes and the event loop never waits for an RSA signature;
+ *   6. queue the result for the spool's group commit and call cb once the
+ *      commit is durable (or failed, or signing failed).
  * Steps 1-4 run synchronously: a message that fails them returns -1 with
  * an error and nothing is stored. After a 0 return, cb runs exactly once.
  *
@@ -61,6 +67,14 @@ typedef struct submit_result {
 typedef void (*submit_cb)(void *arg, const submit_result *res, const err *e);
 
 submit *submit_new(spool *s, const config *cfg);
+/* 0 when the pipeline can sign and send; -1 + e (e.g. a DKIM key file
+   that is missing, not 0600 or too short) otherwise. submit_new() never
+   fails, so callers check this; submit_message() fails with the same error. */
+int submit_ready(const submit *sb, err *e);
+/* Sign on `threads` worker threads with completions on base (serve);
+   without it (CLI, tests) signing runs inside submit_message(). */
+struct event_base;
+int submit_start_signing(submit *sb, struct event_base *base, int threads, err *e);
 void submit_free(submit *sb);
 /* Apply limits from a re-read config. */
 void submit_reload(submit *sb, const config *cfg);
