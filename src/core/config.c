@@ -552,29 +552,46 @@ static int on_key(void *user, const char *section, const char *key, const char *
     return 0;
 }
 
+/* Turn inih's result into an error naming path:line; frees c on error. */
+static config *finish_load(config *c, load_ctx *ctx, int line, const char *path, err *e)
+{
+    if (line == 0) {
+        c->path = xstrdup(path);
+        return c;
+    }
+    if (line < 0)
+        err_set(e, ERR_IO, "%s: cannot read", path);
+    else if (ctx->has_error)
+        err_set(e, ERR_INVALID, "%s:%d: %s", path, line, ctx->first_error);
+    else
+        err_set(e, ERR_INVALID, "%s:%d: syntax error (expected [section] or key = value)", path, line);
+    cfg_free(c);
+    return NULL;
+}
+
 config *cfg_load(const char *path, err *e)
 {
-    config *c = cfg_defaults();
     FILE *f = fopen(path, "r");
     if (!f) {
         err_set(e, ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        cfg_free(c);
         return NULL;
     }
+    config *c = cfg_defaults();
     load_ctx ctx = {.cfg = c};
     int line = ini_parse_file(f, on_key, &ctx);
     fclose(f);
-    if (line != 0) {
-        if (ctx.has_error)
-            err_set(e, ERR_INVALID, "%s:%d: %s", path, line, ctx.first_error);
-        else
-            err_set(e, ERR_INVALID, "%s:%d: syntax error (expected [section] or key = value)", path,
-                    line);
-        cfg_free(c);
-        return NULL;
-    }
-    c->path = xstrdup(path);
-    return c;
+    return finish_load(c, &ctx, line, path, e);
+}
+
+config *cfg_load_buffer(const char *text, size_t len, const char *name, err *e)
+{
+    /* inih wants a C string; a NUL inside the text ends it, as in a file read by lines. */
+    char *copy = xstrndup(text, len);
+    config *c = cfg_defaults();
+    load_ctx ctx = {.cfg = c};
+    int line = ini_parse_string(copy, on_key, &ctx);
+    free(copy);
+    return finish_load(c, &ctx, line, name, e);
 }
 
 static void free_strings(void *base, const cfg_def *table, size_t count)

@@ -160,6 +160,8 @@ typedef struct config {
 config *cfg_defaults(void);
 /* Read path over the defaults. Returns NULL and fills e with "file:line: …". */
 config *cfg_load(const char *path, err *e);
+/* The same from memory (fuzzing, tests); name stands in for the path. */
+config *cfg_load_buffer(const char *text, size_t len, const char *name, err *e);
 void cfg_free(config *c);
 /* Look up the per-domain section for a recipient domain (exact match), or NULL. */
 const cfg_domain *cfg_find_domain(const config *c, const char *domain);
