@@ -39,6 +39,25 @@ static const cli_command commands[] = {
      "Works on the spool of a running server safely (SQLite locking).\n"
      "States: queued sending deferred delivered bounced expired suppressed cancelled.\n"
      "flush makes every deferred recipient due now (same as retry --all).\n"},
+    {"dkim", cmd_dkim, "generate DKIM keys and print their DNS records",
+     "usage: posthaste dkim keygen --domain D --selector S [--alg rsa|ed25519] [--bits N]\n"
+     "                             [--out FILE] [-c CONFIG]\n"
+     "       posthaste dkim show --domain D [-c CONFIG]\n"
+     "\n"
+     "keygen writes a new private key (mode 0600, never over an existing file) to\n"
+     "FILE, default spool_dir/dkim/S._domainkey.D.pem, and prints the DNS TXT record\n"
+     "to publish. RSA keys have 2048 bits unless --bits (2048..8192) says more;\n"
+     "ed25519 is RFC 8463. show prints the records of D's configured keys ([sender D])\n"
+     "and of the keys under spool_dir/dkim again.\n"},
+    {"doctor", cmd_doctor, "check the configuration and DNS before going live",
+     "usage: posthaste doctor [-c CONFIG] [--json]\n"
+     "\n"
+     "Checks TLS certificate and key, key file modes, inline secrets, the spool,\n"
+     "listeners; and for every [sender] domain its SPF (authorises this server),\n"
+     "DKIM (published key matches), DMARC records, and the hostname's forward-\n"
+     "confirmed reverse DNS. Prints one line per check: OK (\u2713), FAIL (\u2717)\n"
+     "with the fix, or UNKNOWN (?) when DNS cannot be reached. Resolvers:\n"
+     "[delivery] dns_servers. Exit status 0 only when every check passes.\n"},
     {"version", cmd_version, "print the version", "usage: posthaste version\n"},
     {"help", cmd_help, "help on a command, or on configuration",
      "usage: posthaste help [COMMAND]\n"
