@@ -38,7 +38,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELP_SRC := $(wildcard tests/helpers/*.c)
 HELP_BIN := $(HELP_SRC:tests/helpers/%.c=$(BUILD)/helpers/%)
 
-.PHONY: all deps run test test-unit test-integration test-asan clean lint format
+.PHONY: all deps run test test-unit test-integration test-asan fuzz fuzz-bins clean lint format
 
 all: deps posthaste
 
@@ -98,6 +98,22 @@ test-unit-asan: $(UNIT_BIN) $(BUILD)/posthaste $(HELP_BIN)
 	  POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
 	  POSTHASTE_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# libFuzzer targets (clang), ASan+UBSan, each run FUZZ_SECONDS on its seed corpus.
+FUZZ_SECONDS ?= 60
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang WARN=-w OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined" fuzz-bins
+	@scripts/run-fuzz $(FUZZ_SECONDS) build-fuzz
+
+fuzz-bins: $(FUZZ_BIN)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --std=c11 \
 	  --suppress=missingIncludeSystem -Isrc src
@@ -106,6 +122,6 @@ format:
 	clang-format -i $(SRC) $(shell find src -name '*.h')
 
 clean:
-	rm -rf build build-asan posthaste
+	rm -rf build build-asan build-fuzz posthaste
 
 -include $(OBJ:.o=.d) $(UNIT_BIN:%=%.d)
