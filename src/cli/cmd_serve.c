@@ -2,6 +2,8 @@
 #include "cli/cli.h"
 
 #include "core/server.h"
+#include "ingress/http_api.h"
+#include "ingress/smtp_server.h"
 #include "submit/submit.h"
 
 #include <getopt.h>
@@ -10,6 +12,8 @@
 /* Every subsystem that runs inside `serve`, in start order. */
 static const server_component *const components[] = {
     &submit_component,
+    &smtps_component,
+    &api_component,
 };
 
 int cmd_serve(int argc, char **argv)
