@@ -124,6 +124,8 @@ static const cfg_def defs[] = {
      "how long an Idempotency-Key is remembered"},
     {"api", "max_page_size", T_INT, F(api_max_page_size), "1000", 1, 100000, NULL,
      "largest limit= on list routes (messages, events, suppressions)"},
+    {"api", "ready_max_commit", T_DUR, F(api_ready_max_commit), "2s", 1, 3600e3, NULL,
+     "GET /readyz fails when a spool commit takes longer than this"},
     {"api", "timeout", T_DUR, F(api_timeout), "60s", 1000, 3600e3, NULL,
      "time allowed to read a request or write a response"},
 

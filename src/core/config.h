@@ -106,6 +106,7 @@ typedef struct config {
     int64_t api_idempotency_ttl;
     int64_t api_max_page_size;
     int64_t api_timeout;
+    int64_t api_ready_max_commit;
 
     /* [delivery] */
     int delivery_paused;

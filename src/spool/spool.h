@@ -222,6 +222,61 @@ int spool_events(spool *s, int64_t after_id, const char *msg_id, const char *typ
 int spool_is_suppressed(spool *s, const char *email, const char *scope, char *reason,
                         size_t reason_len, err *e);
 
+/* ---- API queries (spool_api.c) ---------------------------------------- */
+
+/* Filters for GET /v1/messages. Keyset pagination: rows with rowid below
+   before_rowid (0: from the newest), newest first. */
+typedef struct spool_msg_filter {
+    int state;              /* a recipient in this state; -1 = any */
+    const char *recipient;  /* a recipient with this address; NULL = any */
+    const char *tag;        /* meta.tags holds this tag; NULL = any */
+    int64_t since_ms;       /* created at or after; 0 = any */
+    int64_t before_rowid;   /* cursor; 0 = start */
+    int limit;
+} spool_msg_filter;
+int spool_list_filtered(spool *s, const spool_msg_filter *f, spool_message_cb cb, void *arg, err *e);
+
+/* Events after after_id (and at or after since_ms when > 0), optionally of
+   one type, with the message's meta (tags, metadata) joined in. */
+typedef struct spool_event_meta {
+    spool_event ev;
+    const char *meta; /* the message's meta JSON or NULL */
+} spool_event_meta;
+typedef void (*spool_event_meta_cb)(void *arg, const spool_event_meta *ev);
+int spool_events_query(spool *s, int64_t after_id, int64_t since_ms, const char *type, int limit,
+                       spool_event_meta_cb cb, void *arg, err *e);
+
+typedef struct spool_suppression {
+    const char *email;
+    const char *scope;
+    const char *reason;
+    int64_t created_ms;
+} spool_suppression;
+typedef void (*spool_suppression_cb)(void *arg, const spool_suppression *sp);
+/* Suppressions in email order after after_email ("" = start); email != NULL
+   lists that address only. Returns count or -1. */
+int spool_suppressions(spool *s, const char *email, const char *after_email, int limit,
+                       spool_suppression_cb cb, void *arg, err *e);
+
+/* Idempotency records (kept for ttl): 1 found (hash, status, response are
+   new strings / values), 0 none younger than min_created_ms, -1 error. */
+int spool_idem_get(spool *s, const char *key_id, const char *idem_key, int64_t min_created_ms,
+                   char **hash, int *status, char **response, err *e);
+int spool_tx_idem_put(spool_tx *tx, const char *key_id, const char *idem_key, const char *hash,
+                      int status, const char *response, err *e);
+/* Forget records created before before_ms. */
+int spool_tx_idem_expire(spool_tx *tx, int64_t before_ms, err *e);
+
+/* Cancel every queued or deferred recipient of a message (state
+   'cancelled', one event each). Returns how many, or -1 (ERR_NOTFOUND
+   when there is no such message). */
+int spool_tx_cancel(spool_tx *tx, const char *msg_id, err *e);
+
+/* Recipients of messages submitted by a key since since_ms; *oldest_ms gets
+   the creation time of the oldest such message (0 when none). -1 on error. */
+int64_t spool_key_rcpts_since(spool *s, const char *key_id, int64_t since_ms, int64_t *oldest_ms,
+                              err *e);
+
 /* ---- API keys -------------------------------------------------------- */
 
 enum { KEY_SCOPE_SEND = 1, KEY_SCOPE_READ = 2, KEY_SCOPE_ADMIN = 4 };
