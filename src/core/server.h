@@ -24,12 +24,14 @@ struct api;
 struct delivery;
 struct outcome;
 struct submit;
+struct metrics;
 
 typedef struct server {
     struct event_base *base;
     config *cfg;
     spool *spool;
     int draining;
+    struct metrics *metrics; /* owned by the outcome component, which starts first */
     /* Component state, owned by the component's module. */
     struct submit *submit;
     struct smtps *smtp;

@@ -10,10 +10,24 @@
 
 #include <sqlite3.h>
 
+/* Event types written in the current transaction, counted for the
+   events hook after COMMIT (rolled-back savepoints are subtracted). */
+#define SPOOL_TALLY_TYPES 24
+typedef struct spool_tally {
+    const char *type[SPOOL_TALLY_TYPES]; /* interned: pointers into a static set */
+    char names[SPOOL_TALLY_TYPES][24];
+    size_t count[SPOOL_TALLY_TYPES];
+    size_t n;
+} spool_tally;
+
 struct spool_tx {
     spool *s;
     sqlite3 *db; /* the write connection */
+    spool_tally *tally;
 };
+
+/* Count one event of `type` in the transaction's tally. */
+void spool_tally_event(spool_tx *tx, const char *type);
 
 /* Fill e from a SQLite result code; SQLITE_FULL becomes ERR_FULL. */
 void spool_sql_err(sqlite3 *db, int rc, const char *what, err *e);

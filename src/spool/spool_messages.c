@@ -85,7 +85,10 @@ int spool_tx_event(spool_tx *tx, const char *msg_id, const char *rcpt, const cha
     bind_text(st, 3, rcpt);
     bind_text(st, 4, type);
     bind_text(st, 5, data_json);
-    return step_done(tx->db, st, "recording event", e);
+    if (step_done(tx->db, st, "recording event", e))
+        return -1;
+    spool_tally_event(tx, type);
+    return 0;
 }
 
 static int insert_rcpt(spool_tx *tx, int64_t msg_rowid, const char *id, const char *addr,
@@ -482,6 +485,24 @@ int spool_due(spool *s, int64_t now_ms, spool_cursor *cur, int limit, spool_rcpt
         return -1;
     }
     return count;
+}
+
+int64_t spool_oldest_pending_ms(spool *s)
+{
+    sqlite3 *db = spool_read_db(s);
+    sqlite3_stmt *st;
+    /* Recipients are inserted in creation order, so the lowest pending id
+       belongs to the oldest message; the partial index bounds the scan. */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT m.created_ms FROM messages m WHERE m.id = "
+                           "(SELECT MIN(msg) FROM recipients WHERE state IN (0, 1, 2))",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    int64_t at = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        at = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return at;
 }
 
 int64_t spool_next_due(spool *s)

@@ -48,6 +48,7 @@ struct spool {
     size_t pending;
     int64_t last_commit_ms;
     uint64_t commits, writes;
+    spool_hooks hooks;
 
     /* Completion hand-off to the event loop. */
     int efd;
@@ -285,6 +286,43 @@ spool *spool_open(const spool_opts *o, err *e)
     return s;
 }
 
+/* ---- event tallies for the hooks --------------------------------------- */
+
+void spool_tally_event(spool_tx *tx, const char *type)
+{
+    spool_tally *t = tx->tally;
+    if (!t || !type)
+        return;
+    for (size_t i = 0; i < t->n; i++) {
+        if (strcmp(t->names[i], type) == 0) {
+            t->count[i]++;
+            return;
+        }
+    }
+    if (t->n == SPOOL_TALLY_TYPES || strlen(type) >= sizeof t->names[0])
+        return;
+    snprintf(t->names[t->n], sizeof t->names[0], "%s", type);
+    t->type[t->n] = t->names[t->n];
+    t->count[t->n++] = 1;
+}
+
+/* Fold an op's tally into the batch's (the op's savepoint was released). */
+static void tally_merge(spool_tally *into, const spool_tally *from)
+{
+    for (size_t i = 0; i < from->n; i++) {
+        spool_tx tx = {.tally = into};
+        for (size_t k = 0; k < from->count[i]; k++)
+            spool_tally_event(&tx, from->names[i]);
+    }
+}
+
+void spool_set_hooks(spool *s, const spool_hooks *h)
+{
+    pthread_mutex_lock(&s->lock);
+    s->hooks = *h;
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* ---- running one batch ---------------------------------------------- */
 
 static void savepoint(sqlite3 *db, const char *verb)
@@ -301,12 +339,14 @@ static void savepoint(sqlite3 *db, const char *verb)
  * succeeded are gone too, so the batch restarts without the failed op.
  * Every restart drops one op, so this ends after at most n passes.
  */
-static void run_batch(spool *s, wop **ops, size_t n)
+static void run_batch(spool *s, wop **ops, size_t n, spool_tally *out)
 {
-    spool_tx tx = {.s = s, .db = s->wdb};
+    spool_tally batch, op_tally;
+    spool_tx tx = {.s = s, .db = s->wdb, .tally = &op_tally};
     for (;;) {
         err e;
         err_clear(&e);
+        memset(&batch, 0, sizeof batch);
         if (exec(s->wdb, "BEGIN IMMEDIATE", "starting spool transaction", &e)) {
             for (size_t i = 0; i < n; i++)
                 if (!ops[i]->failed)
@@ -318,9 +358,11 @@ static void run_batch(spool *s, wop **ops, size_t n)
             wop *op = ops[i];
             if (op->failed)
                 continue;
+            memset(&op_tally, 0, sizeof op_tally);
             savepoint(s->wdb, "");
             if (op->fn(&tx, op->arg, &op->e) == 0) {
                 savepoint(s->wdb, "RELEASE");
+                tally_merge(&batch, &op_tally);
                 continue;
             }
             op->failed = 1;
@@ -331,8 +373,11 @@ static void run_batch(spool *s, wop **ops, size_t n)
         }
         if (restart)
             continue;
-        if (exec(s->wdb, "COMMIT", "committing spool transaction", &e) == 0)
+        if (exec(s->wdb, "COMMIT", "committing spool transaction", &e) == 0) {
+            if (out)
+                *out = batch;
             return;
+        }
         sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
         for (size_t i = 0; i < n; i++)
             if (!ops[i]->failed)
@@ -373,13 +418,21 @@ static void *writer_main(void *arg)
 
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        run_batch(s, ops, n);
+        spool_tally tally = {0};
+        run_batch(s, ops, n, &tally);
         clock_gettime(CLOCK_MONOTONIC, &t1);
 
         pthread_mutex_lock(&s->lock);
         s->last_commit_ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
         s->commits++;
         s->writes += n;
+        /* Hooks run under the lock so spool_set_hooks() can retire them safely. */
+        if (s->hooks.committed)
+            s->hooks.committed(s->hooks.arg,
+                               (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, n);
+        if (s->hooks.events)
+            for (size_t i = 0; i < tally.n; i++)
+                s->hooks.events(s->hooks.arg, tally.names[i], tally.count[i]);
         for (size_t i = 0; i < n; i++)
             finish_op(s, ops[i]);
         uint64_t one = 1;
@@ -454,7 +507,7 @@ int spool_write(spool *s, spool_write_fn fn, spool_done_fn done, void *arg)
     op->done = done;
     op->arg = arg;
     if (!s->has_writer) {
-        run_batch(s, &op, 1);
+        run_batch(s, &op, 1, NULL);
         if (done)
             done(arg, op->failed ? &op->e : NULL);
         free(op);
@@ -472,7 +525,7 @@ int spool_write_sync(spool *s, spool_write_fn fn, void *arg, err *e)
     wop op = {.fn = fn, .arg = arg};
     if (!s->has_writer) {
         wop *p = &op;
-        run_batch(s, &p, 1);
+        run_batch(s, &p, 1, NULL);
     } else {
         pthread_cond_t cond;
         pthread_cond_init(&cond, NULL);
