@@ -76,6 +76,16 @@ size_t spool_pending(spool *s);
 /* Group commits completed so far and writes they carried (for metrics and
    for tests that prove writes share commits). */
 void spool_commit_stats(spool *s, uint64_t *commits, uint64_t *writes);
+/* Observe every committed batch: called on the writer thread right after
+   each COMMIT with its duration and the number of writes it carried, and
+   once per event type written in the batch (type, count). Both run
+   under the spool's lock: quick, thread-safe, and never calling the spool. */
+typedef struct spool_hooks {
+    void (*committed)(void *arg, double seconds, size_t writes);
+    void (*events)(void *arg, const char *type, size_t count);
+    void *arg;
+} spool_hooks;
+void spool_set_hooks(spool *s, const spool_hooks *h);
 /* Milliseconds the most recent group commit took (fsync included). */
 int64_t spool_last_commit_ms(spool *s);
 /* Reset recipients left 'sending' by a crash to 'queued' (at-least-once). */
@@ -193,6 +203,8 @@ typedef void (*spool_rcpt_cb)(void *arg, const spool_rcpt *r);
 /* Returns the number of rows given to cb, or -1. */
 int spool_due(spool *s, int64_t now_ms, spool_cursor *cur, int limit, spool_rcpt_cb cb, void *arg,
               err *e);
+/* Creation time of the oldest message with a pending recipient; 0 when none. */
+int64_t spool_oldest_pending_ms(spool *s);
 /* Earliest next_at of any pending recipient; 0 when none. */
 int64_t spool_next_due(spool *s);
 
