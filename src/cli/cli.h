@@ -39,6 +39,7 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 int cmd_serve(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
+int cmd_send(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);

@@ -27,6 +27,15 @@ static const cli_command commands[] = {
      "A key (ph_<id>_<secret>) is printed once by create and never again; only a\n"
      "hash is stored. The same key is the SMTP AUTH password and the API Bearer token.\n"
      "Scopes: send (submit mail), read (status, events), admin (keys, suppressions).\n"},
+    {"send", cmd_send, "send one message through the HTTP API",
+     "usage: posthaste send --key-env VAR --from ADDR --to ADDR [--to ADDR ...]\n"
+     "                      [--cc ADDR ...] [--bcc ADDR ...] [--subject S]\n"
+     "                      [--text TEXT] [--html HTML] [--attach FILE ...] [--tag T ...]\n"
+     "                      [--api URL]\n"
+     "\n"
+     "POST /v1/messages on a running server (default --api http://127.0.0.1:8025).\n"
+     "The API key is read from the environment variable VAR, never from the command\n"
+     "line. Prints the message id on success (exit 0); the API's error otherwise (exit 1).\n"},
     {"queue", cmd_queue, "inspect and manage the spool",
      "usage: posthaste queue list [--state STATE] [--limit N] [--json] [-c CONFIG]\n"
      "       posthaste queue show ID [--raw] [--json] [-c CONFIG]\n"
