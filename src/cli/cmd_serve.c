@@ -2,6 +2,8 @@
 #include "cli/cli.h"
 
 #include "core/server.h"
+#include "outcome/outcome.h"
+#include "delivery/delivery.h"
 #include "ingress/http_api.h"
 #include "ingress/smtp_server.h"
 #include "submit/submit.h"
@@ -11,9 +13,11 @@
 
 /* Every subsystem that runs inside `serve`, in start order. */
 static const server_component *const components[] = {
+    &outcome_component, /* first: owns srv->metrics */
     &submit_component,
     &smtps_component,
     &api_component,
+    &delivery_component,
 };
 
 int cmd_serve(int argc, char **argv)
