@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct batch {
     int count;
@@ -39,8 +40,8 @@ static char *make_message(const batch *b, int i, size_t *len)
                      b->from, b->rcpts[0], b->subject, i, i, rand());
     size_t off = (size_t)n;
     /* Lines of 70 characters; a leading dot tests dot-stuffing. */
-    while (off < (size_t)n + b->size) {
-        const char *line = (off / 72) % 5 == 0 ? ".leading dot line" : "The quick brown fox jumps over the lazy dog";
+    for (int k = 0; off < (size_t)n + b->size; k++) {
+        const char *line = k % 3 == 1 ? ".leading dot line" : k % 3 == 2 ? "..two dots" : "The quick brown fox";
         off += (size_t)snprintf(m + off, cap - off, "%s %d\r\n", line, i);
     }
     *len = off;
@@ -75,6 +76,7 @@ int main(int argc, char **argv)
     b.rcpts = calloc(strlen(list) + 1, sizeof *b.rcpts);
     for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save))
         b.rcpts[b.nrcpts++] = t;
+    srand((unsigned)getpid());
     b.ids = calloc((size_t)b.count + 1, sizeof *b.ids);
     spool_opts o = {.path = argv[1], .synchronous_full = 1, .commit_batch = 512, .busy_timeout_ms = 10000};
     err e;
