@@ -202,7 +202,21 @@ static const cfg_def defs[] = {
      "this server's public sending addresses, comma-separated, checked against SPF (empty: the hostname's A/AAAA)"},
     {"doctor", "dns_timeout", T_DUR, F(doctor_dns_timeout), "3s", 100, 60e3, NULL,
      "how long doctor waits for one DNS answer before reporting 'cannot resolve'"},
+
+    /* [webhooks]: delivery of events to applications (outcome/webhooks). */
+    {"webhooks", "timeout", T_DUR, F(webhook_timeout), "10s", 100, 600e3, NULL,
+     "a POST not answered in this time counts as a failure"},
+    {"webhooks", "retry_window", T_DUR, F(webhook_retry_window), "24h", 1000, 30 * 86400e3, NULL,
+     "how long a failing batch is retried before it is recorded as failed and skipped"},
+    {"webhooks", "batch_max", T_INT, F(webhook_batch_max), "100", 1, 1000, NULL, "events per POST"},
+    {"webhooks", "interval", T_DUR, F(webhook_interval), "250ms", 10, 60e3, NULL,
+     "how often new events are looked for (bounds the added latency)"},
+    {"webhooks", "max_backoff", T_DUR, F(webhook_max_backoff), "5m", 10, 86400e3, NULL,
+     "longest wait between retries of a failing endpoint (doubling from 1s)"},
+    {"webhooks", "unhealthy_after", T_INT, F(webhook_unhealthy_after), "5", 1, 1000, NULL,
+     "consecutive failures after which an endpoint is reported unhealthy"},
 };
+
 
 /* Keys of a [domain NAME] section: per-recipient-domain route overrides. */
 static const cfg_def domain_defs[] = {

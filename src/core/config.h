@@ -153,6 +153,14 @@ typedef struct config {
     char *doctor_public_ips;
     int64_t doctor_dns_timeout;
 
+    /* [webhooks] */
+    int64_t webhook_timeout;
+    int64_t webhook_retry_window;
+    int64_t webhook_batch_max;
+    int64_t webhook_interval;
+    int64_t webhook_max_backoff;
+    int64_t webhook_unhealthy_after;
+
     cfg_domain *domains;
     cfg_sender *senders;
 } config;

@@ -25,6 +25,7 @@ struct delivery;
 struct outcome;
 struct submit;
 struct metrics;
+struct webhooks;
 
 typedef struct server {
     struct event_base *base;
@@ -38,6 +39,7 @@ typedef struct server {
     struct api *api;
     struct delivery *delivery;
     struct outcome *outcome;
+    struct webhooks *webhooks;
 } server;
 
 typedef struct server_component {

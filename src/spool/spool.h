@@ -289,6 +289,27 @@ int spool_tx_cancel(spool_tx *tx, const char *msg_id, err *e);
 int64_t spool_key_rcpts_since(spool *s, const char *key_id, int64_t since_ms, int64_t *oldest_ms,
                               err *e);
 
+/* ---- webhooks (spool_webhooks.c) --------------------------------------- */
+
+typedef struct spool_webhook {
+    const char *id;
+    const char *url;
+    const char *events;     /* comma-separated event types */
+    const char *secret;     /* HMAC signing secret */
+    int64_t created_ms;
+    int64_t cursor;         /* last event id the endpoint acknowledged */
+    int64_t failing_since_ms;
+    const char *last_error; /* may be NULL */
+    int healthy;
+} spool_webhook;
+typedef void (*spool_webhook_cb)(void *arg, const spool_webhook *w);
+/* All webhooks, or the one with id (id != NULL). Returns count or -1. */
+int spool_webhooks(spool *s, const char *id, spool_webhook_cb cb, void *arg, err *e);
+int spool_tx_webhook_insert(spool_tx *tx, const spool_webhook *w, err *e);
+int spool_tx_webhook_delete(spool_tx *tx, const char *id, err *e);
+int spool_tx_webhook_progress(spool_tx *tx, const char *id, int64_t cursor, int64_t failing_since_ms,
+                              const char *last_error, int healthy, err *e);
+
 /* ---- API keys -------------------------------------------------------- */
 
 enum { KEY_SCOPE_SEND = 1, KEY_SCOPE_READ = 2, KEY_SCOPE_ADMIN = 4 };
