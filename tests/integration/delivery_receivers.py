@@ -379,3 +379,25 @@ def wait_states(srv, msg_id, want, timeout=15):
 
 def events_of(msg, type_, rcpt=None):
     return [e for e in msg["events"] if e["type"] == type_ and (rcpt is None or e["recipient"] == rcpt)]
+
+
+def suppressions(srv):
+    """email -> reason, read straight from the spool (read-only)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{os.path.join(srv.spool_dir, 'spool.db')}?mode=ro", uri=True, timeout=10)
+    try:
+        return dict(db.execute("SELECT email, reason FROM suppressions").fetchall())
+    finally:
+        db.close()
+
+
+class Zone:
+    """dnsmasq serving `domain` with its MX on `ip`; plus the sender's
+    domain src.test on `ndr_ip` (for non-delivery reports)."""
+
+    def __init__(self, records):
+        self.pre = loopback_net()
+        self.dns = Dnsmasq(self.pre + "1", records(self.pre)).start()
+
+    def stop(self):
+        self.dns.stop()
