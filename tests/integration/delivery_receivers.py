@@ -112,7 +112,7 @@ class ScriptedSMTP:
     def __init__(self, host, port, *, pipelining=True, smtputf8=True, eightbitmime=True,
                  starttls=None, implicit_tls=None, auth=None, greeting="220 mx.test ESMTP scripted",
                  mail=None, rcpt=None, data=None, dot=None, drop_in_data=False,
-                 stall_after_data=False, inject_after_starttls=b""):
+                 stall_after_data=False, inject_after_starttls=b"", auth_mechs="PLAIN LOGIN"):
         self.host, self.port = host, port
         self.pipelining, self.smtputf8, self.eightbitmime = pipelining, smtputf8, eightbitmime
         self.starttls, self.implicit_tls, self.auth = starttls, implicit_tls, auth
@@ -120,6 +120,7 @@ class ScriptedSMTP:
         self.mail, self.rcpt, self.data, self.dot = mail, rcpt, data, dot
         self.drop_in_data, self.stall_after_data = drop_in_data, stall_after_data
         self.inject_after_starttls = inject_after_starttls
+        self.auth_mechs = auth_mechs
         self.connections = 0
         self.active = 0
         self.max_active = 0
@@ -221,7 +222,7 @@ class ScriptedSMTP:
                 if self.starttls is not None and not tls:
                     caps.append("250-STARTTLS")
                 if self.auth:
-                    caps.append("250-AUTH PLAIN LOGIN")
+                    caps.append("250-AUTH " + self.auth_mechs)
                 caps.append("250 SIZE 50000000")
                 writer.write(("\r\n".join(caps) + "\r\n").encode())
                 await writer.drain()
@@ -234,7 +235,7 @@ class ScriptedSMTP:
                 await writer.start_tls(self.starttls)
                 tls = True
                 mail_from, rcpts = None, []
-            elif verb == "AUTH" and self.auth:
+            elif verb == "AUTH" and self.auth and (tls or self.starttls is None):
                 ok = await self._auth(line, reader, writer)
                 await self._reply(writer, "235 2.7.0 ok" if ok else "535 5.7.8 bad credentials")
             elif verb == "MAIL":
