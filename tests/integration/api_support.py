@@ -166,3 +166,20 @@ def api(make_server):
     srv = make_server()
     key = srv.create_key("--scope", "send", "--scope", "read", "--scope", "admin")
     return Api(srv, key)
+
+
+def restart(srv, timeout=15):
+    """Stop and start srv, waiting for the new process's own 'ready' line
+    (the log file is appended to, so the old line is still there)."""
+    import time
+    from conftest import SLOW
+    seen = sum(1 for line in srv.logs() if line.get("event") == "ready")
+    srv.stop()
+    srv.start(wait_ready=False)
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        if sum(1 for line in srv.logs() if line.get("event") == "ready") > seen:
+            return srv
+        assert srv.proc.poll() is None, "server exited during restart"
+        time.sleep(0.02)
+    raise AssertionError("server did not become ready after restart")
