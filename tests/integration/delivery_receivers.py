@@ -103,6 +103,7 @@ class Message:
         self.data = data
         self.tls = tls
         self.params = params
+        self.at = time.monotonic()
 
 
 class ScriptedSMTP:
