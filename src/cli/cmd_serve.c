@@ -2,7 +2,9 @@
 #include "cli/cli.h"
 
 #include "core/server.h"
+#include "ingress/maildrop.h"
 #include "outcome/outcome.h"
+#include "outcome/webhooks.h"
 #include "delivery/delivery.h"
 #include "ingress/http_api.h"
 #include "ingress/smtp_server.h"
@@ -18,6 +20,8 @@ static const server_component *const components[] = {
     &smtps_component,
     &api_component,
     &delivery_component,
+    &maildrop_component,
+    &webhooks_component,
 };
 
 int cmd_serve(int argc, char **argv)

@@ -67,6 +67,20 @@ static const cli_command commands[] = {
      "confirmed reverse DNS. Prints one line per check: OK (\u2713), FAIL (\u2717)\n"
      "with the fix, or UNKNOWN (?) when DNS cannot be reached. Resolvers:\n"
      "[delivery] dns_servers. Exit status 0 only when every check passes.\n"},
+    {"sendmail", cmd_sendmail, "sendmail(8)-compatible submission from scripts",
+     "usage: posthaste sendmail [-t] [-i] [-f SENDER] [-F NAME] [-C CONFIG] [RECIPIENT ...]\n"
+     "\n"
+     "Reads a message on standard input and submits it to the local server, so\n"
+     "cron, PHP mail(), git send-email and scripts work unchanged.\n"
+     "  -t         also send to the addresses in To:, Cc: and Bcc: (Bcc is removed)\n"
+     "  -i, -oi    a line with a single '.' does not end the message\n"
+     "  -f SENDER  envelope sender (default: $USER@hostname); -F NAME its display name\n"
+     "  -C CONFIG  configuration file (also -c)\n"
+     "The message goes to the API (POST /v1/messages/raw) with the key in [sendmail]\n"
+     "key_file or $POSTHASTE_KEY. Without a key, or when the server is down, it is\n"
+     "written to spool_dir/maildrop, which `serve` picks up.\n"
+     "Exit: 0 accepted or dropped for pickup; 64 usage; 65 bad message; 73 cannot\n"
+     "write the maildrop; 75 server down (kept in the maildrop); 77 key refused.\n"},
     {"version", cmd_version, "print the version", "usage: posthaste version\n"},
     {"help", cmd_help, "help on a command, or on configuration",
      "usage: posthaste help [COMMAND]\n"

@@ -203,6 +203,16 @@ static const cfg_def defs[] = {
     {"doctor", "dns_timeout", T_DUR, F(doctor_dns_timeout), "3s", 100, 60e3, NULL,
      "how long doctor waits for one DNS answer before reporting 'cannot resolve'"},
 
+    /* [sendmail]: the sendmail-compatible command and the maildrop pickup. */
+    {"sendmail", "key_file", T_STR, F(sendmail_key_file), "", 0, 0, NULL,
+     "file holding the API key `posthaste sendmail` submits with (else $POSTHASTE_KEY, else the maildrop)"},
+    {"sendmail", "key_env", T_STR, F(sendmail_key_env), "POSTHASTE_KEY", 0, 0, NULL,
+     "environment variable holding that key"},
+    {"sendmail", "api_url", T_STR, F(sendmail_api_url), "", 0, 0, NULL,
+     "API base URL for `posthaste sendmail` (empty: http://[api] listen)"},
+    {"sendmail", "pickup_interval", T_DUR, F(pickup_interval), "1s", 10, 3600e3, NULL,
+     "how often `serve` looks for messages in spool_dir/maildrop"},
+
     /* [webhooks]: delivery of events to applications (outcome/webhooks). */
     {"webhooks", "timeout", T_DUR, F(webhook_timeout), "10s", 100, 600e3, NULL,
      "a POST not answered in this time counts as a failure"},

@@ -153,6 +153,12 @@ typedef struct config {
     char *doctor_public_ips;
     int64_t doctor_dns_timeout;
 
+    /* [sendmail] */
+    char *sendmail_key_file;
+    char *sendmail_key_env;
+    char *sendmail_api_url;
+    int64_t pickup_interval;
+
     /* [webhooks] */
     int64_t webhook_timeout;
     int64_t webhook_retry_window;

@@ -189,6 +189,9 @@ static int start(runner *r, size_t *started, err *e)
 
 static void teardown(runner *r, size_t started)
 {
+    /* Commit what is queued and deliver its completions while every
+       component is still alive to receive them; then stop components. */
+    spool_drain(r->srv.spool);
     for (size_t i = started; i > 0; i--)
         if (r->comps[i - 1]->stop)
             r->comps[i - 1]->stop(&r->srv);

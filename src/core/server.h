@@ -26,6 +26,7 @@ struct outcome;
 struct submit;
 struct metrics;
 struct webhooks;
+struct maildrop;
 
 typedef struct server {
     struct event_base *base;
@@ -40,6 +41,7 @@ typedef struct server {
     struct delivery *delivery;
     struct outcome *outcome;
     struct webhooks *webhooks;
+    struct maildrop *maildrop;
 } server;
 
 typedef struct server_component {

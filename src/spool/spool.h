@@ -69,7 +69,10 @@ typedef struct spool_opts {
 spool *spool_open(const spool_opts *o, err *e);
 /* Start the group-commit writer; completions are delivered on `base`. */
 int spool_start_writer(spool *s, struct event_base *base, err *e);
-/* Stop accepting writes, finish everything queued, join the writer, close. */
+/* Stop accepting writes, finish everything queued, join the writer and run
+   the last completions; reads still work. spool_close() does this first. */
+void spool_drain(spool *s);
+/* Drain, then close the database. */
 void spool_close(spool *s);
 /* Requests queued or in flight in the writer (for draining and /readyz). */
 size_t spool_pending(spool *s);

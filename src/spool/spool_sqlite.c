@@ -574,20 +574,26 @@ int64_t spool_last_commit_ms(spool *s)
     return ms;
 }
 
+void spool_drain(spool *s)
+{
+    if (!s || !s->has_writer)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    s->has_writer = 0;
+    /* Run the last completions so no caller waits forever. */
+    if (s->efd >= 0)
+        on_done(s->efd, EV_READ, s);
+}
+
 void spool_close(spool *s)
 {
     if (!s)
         return;
-    if (s->has_writer) {
-        pthread_mutex_lock(&s->lock);
-        s->stopping = 1;
-        pthread_cond_signal(&s->wake);
-        pthread_mutex_unlock(&s->lock);
-        pthread_join(s->thread, NULL);
-        /* Run the last completions so no caller waits forever. */
-        if (s->efd >= 0)
-            on_done(s->efd, EV_READ, s);
-    }
+    spool_drain(s);
     if (s->ev_done)
         event_free(s->ev_done);
     if (s->efd >= 0)
