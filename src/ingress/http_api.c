@@ -4,6 +4,7 @@
 #include "core/clock.h"
 #include "core/ids.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "core/mem.h"
 #include "submit/address.h"
 #include "submit/keys.h"
@@ -13,6 +14,7 @@
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
@@ -56,6 +58,7 @@ struct api {
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
     struct mime_ctx *mime;
+    SSL_CTX *tls; /* [api] tls = yes: the server context shared with SMTP */
     size_t in_flight;
     LIST_HEAD(, seen_sig) replay[REPLAY_BUCKETS];
     TAILQ_HEAD(, seen_sig) replay_age;
@@ -793,6 +796,17 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     replay_expire(a, clock_mono_ms());
 }
 
+/* HTTPS: evhttp asks for each connection's bufferevent; an accepting
+   OpenSSL one makes every request on it TLS, with no change to routes. */
+static struct bufferevent *tls_bevcb(struct event_base *base, void *arg)
+{
+    api *a = arg;
+    SSL *ssl = SSL_new(a->tls);
+    if (!ssl)
+        return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+}
+
 static int api_start(server *srv, err *e)
 {
     const config *cfg = srv->cfg;
@@ -814,7 +828,13 @@ static int api_start(server *srv, err *e)
     srv->api = a;
     if (!(a->mime = mime_ctx_new(e)))
         return -1;
+    if (cfg->api_tls && !(a->tls = tls_server_ctx(cfg, e))) {
+        err_wrap(e, "[api] tls");
+        return -1;
+    }
     a->http = evhttp_new(srv->base);
+    if (a->tls)
+        evhttp_set_bevcb(a->http, tls_bevcb, a);
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD);
     evhttp_set_flags(a->http, EVHTTP_SERVER_LINGERING_CLOSE);
     apply_limits(a, cfg);
@@ -877,6 +897,8 @@ static void api_stop(server *srv)
         free(b);
     }
     mime_ctx_free(a->mime);
+    if (a->tls)
+        SSL_CTX_free(a->tls);
     free(a);
     srv->api = NULL;
 }

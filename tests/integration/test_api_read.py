@@ -175,3 +175,24 @@ def test_suppressed_recipient_is_never_contacted(make_server):
         assert got and all("never@example.org" not in rcpts for rcpts in got)
     finally:
         ctl.stop()
+
+
+def test_https_listener(make_server):
+    """[api] tls = yes: the API speaks HTTPS with the server certificate
+    (self-signed here, so the client pins it); plain HTTP gets nothing."""
+    import os
+    srv = make_server({"api": {"tls": "yes"}})
+    cert = os.path.join(srv.spool_dir, "tls-cert.pem")
+    key = srv.create_key()
+    url = f"https://127.0.0.1:{srv.api_port}"
+    r = requests.post(url + "/v1/messages", json={"from": "app@example.com", "to": "u@example.org", "text": "tls"},
+                      headers={"Authorization": f"Bearer {key}"}, verify=cert, timeout=30)
+    assert r.status_code == 202, r.text
+    from api_support import raw_of
+    assert b"with HTTPS id" in raw_of(srv, r.json()["id"])
+    try:
+        requests.get(f"http://127.0.0.1:{srv.api_port}/healthz", timeout=5)
+        plain_ok = True
+    except requests.exceptions.RequestException:
+        plain_ok = False
+    assert not plain_ok
