@@ -385,6 +385,8 @@ char *mime_html_to_text(const char *html, size_t len)
                     skip_until = NULL;
             } else if (!closing && (tag_is(t, n, "script") || tag_is(t, n, "style") || tag_is(t, n, "head"))) {
                 skip_until = tag_is(t, n, "script") ? "script" : tag_is(t, n, "style") ? "style" : "head";
+            } else if (closing && tag_is(t, n, "li")) {
+                /* the next <li> or the list's end breaks the line */
             } else if (tag_breaks(t, n)) {
                 while (out.len && out.data[out.len - 1] == ' ')
                     out.len--, out.data[out.len] = '\0';
