@@ -204,6 +204,29 @@ static int spf_record(spf_ctx *c, const char *domain, buf *out)
     return found ? SPF_PASS : SPF_NONE;
 }
 
+/* Receivers reject a record with an unknown mechanism wherever it stands
+   (RFC 7208 4.6), even after a term that would have matched. */
+static int spf_syntax_ok(spf_ctx *c, const char *domain, const char *rec)
+{
+    static const char *const mechs[] = {"all", "ip4", "ip6", "a", "mx", "include", "exists", "ptr"};
+    char *copy = xstrdup(rec), *save = NULL;
+    int ok = 1;
+    for (char *t = strtok_r(copy + 6, " ", &save); t && ok; t = strtok_r(NULL, " ", &save)) {
+        if (strchr("+-~?", *t))
+            t++;
+        size_t n = strcspn(t, ":/=");
+        if (t[n] == '=')
+            continue; /* a modifier */
+        ok = 0;
+        for (size_t i = 0; i < sizeof mechs / sizeof mechs[0] && !ok; i++)
+            ok = strlen(mechs[i]) == n && strncasecmp(t, mechs[i], n) == 0;
+        if (!ok)
+            snprintf(c->why, sizeof c->why, "unknown SPF term '%.200s' in %.255s", t, domain);
+    }
+    free(copy);
+    return ok;
+}
+
 /* RFC 7208 check_host() reduced to "is c->ip authorised by domain?". */
 static int check_host(spf_ctx *c, const char *domain, int depth)
 {
@@ -213,6 +236,10 @@ static int check_host(spf_ctx *c, const char *domain, int depth)
     if (rc != SPF_PASS) {
         buf_free(&rec);
         return rc;
+    }
+    if (!spf_syntax_ok(c, domain, rec.data)) {
+        buf_free(&rec);
+        return SPF_PERM;
     }
     char *save = NULL, *redirect = NULL;
     int result = SPF_NOMATCH, decided = 0;
