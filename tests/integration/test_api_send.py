@@ -220,3 +220,20 @@ def test_raw_message(api):
     r = api.post("/v1/messages/raw?from=app@example.com&to=raw@example.org", data=raw,
                  headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
+
+
+def test_readme_quickstart_curl_command(api):
+    """The README's first-message command, run as written (only the port differs)."""
+    import re
+    from conftest import ROOT
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("### HTTP API", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    cmds = [line for line in block.splitlines() if line.startswith("curl ")]
+    assert len(cmds) == 1, "the quickstart must be ONE curl command"
+    cmd = cmds[0].replace("http://127.0.0.1:8025", api.url)
+    p = subprocess.run(["sh", "-c", cmd + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PH_KEY": api.key})
+    out, code = p.stdout.rsplit("\n", 1)
+    assert code == "202", p.stdout + p.stderr
+    assert json.loads(out)["recipients"][0]["status"] == "queued"
