@@ -46,8 +46,9 @@ all: deps posthaste
 deps:
 	@scripts/deps
 
+# Replace by rename: a running ./posthaste keeps its old inode ("text file busy" otherwise).
 posthaste: $(BUILD)/posthaste
-	@cp $< $@
+	@cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/posthaste: $(OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
