@@ -89,6 +89,12 @@ static const cfg_def defs[] = {
      "longest a session may last"},
     {"smtp", "auth_fail_delay", T_DUR, F(smtp_auth_fail_delay), "1s", 0, 60e3, NULL,
      "delay after a failed AUTH; doubles with each failure from the same address"},
+    {"smtp", "auth_fail_delay_max", T_DUR, F(smtp_auth_fail_delay_max), "2m", 0, 3600e3, NULL,
+     "longest delay after a failed AUTH (the doubling stops here)"},
+    {"smtp", "auth_fail_window", T_DUR, F(smtp_auth_fail_window), "1h", 1000, 86400e3, NULL,
+     "failed AUTH attempts from an address are forgotten after this long without one"},
+    {"smtp", "data_block_size", T_SIZE, F(smtp_data_block_size), "64K", 1, 2147483647.0, NULL,
+     "DATA/BDAT progress that restarts timeout_data (a slower sender is cut off)"},
 
     {"api", "listen", T_ADDR, F(api_listen), "127.0.0.1:8025", 0, 0, NULL,
      "HTTP API listener (empty: disabled)"},

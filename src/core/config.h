@@ -88,6 +88,9 @@ typedef struct config {
     int64_t smtp_timeout_data;
     int64_t smtp_timeout_session;
     int64_t smtp_auth_fail_delay;
+    int64_t smtp_auth_fail_delay_max;
+    int64_t smtp_auth_fail_window;
+    int64_t smtp_data_block_size;
 
     /* [api] */
     char *api_listen;

@@ -30,16 +30,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define DATA_BLOCK (64 * 1024)          /* progress that restarts timeout_data */
-#define READ_HIGH_WATER (256 * 1024)    /* stop reading a client that is this far ahead */
-#define AUTH_DELAY_CAP_MS (120 * 1000)  /* the doubling stops here */
-#define AUTH_FAIL_FORGET_MS (3600 * 1000) /* failures older than this are forgotten */
-#define CLOSE_GRACE_MS 10000            /* time to flush the last reply */
+/* Not limits on clients but internal buffering: how far ahead of the
+   session a pipelining client may read (bufferevent high-water mark), and
+   how long a closing session waits for its last reply to drain. */
+#define READ_HIGH_WATER (256 * 1024)
+#define CLOSE_GRACE_MS 10000
 #define REPLY_TEXT_MAX 400              /* error text quoted in a reply */
 
 typedef struct limits {
     size_t max_message, max_rcpts, max_line, max_cmd, max_conns, max_per_ip, max_bad;
-    int64_t t_greeting, t_command, t_data, t_session, auth_delay;
+    size_t data_block;
+    int64_t t_greeting, t_command, t_data, t_session, auth_delay, auth_delay_max, auth_window;
 } limits;
 
 /* One client address: open sessions and recent AUTH failures. */
@@ -135,12 +136,15 @@ static void limits_load(limits *l, const config *c)
         .t_data = c->smtp_timeout_data,
         .t_session = c->smtp_timeout_session,
         .auth_delay = c->smtp_auth_fail_delay,
+        .auth_delay_max = c->smtp_auth_fail_delay_max,
+        .auth_window = c->smtp_auth_fail_window,
+        .data_block = (size_t)c->smtp_data_block_size,
     };
 }
 
-static int peer_idle(const peer *p, int64_t now)
+static int peer_idle(const peer *p, int64_t now, int64_t window)
 {
-    return p->conns == 0 && (p->fails == 0 || now - p->last_fail_ms > AUTH_FAIL_FORGET_MS);
+    return p->conns == 0 && (p->fails == 0 || now - p->last_fail_ms > window);
 }
 
 /* Find or add the entry for ip. The table is a list: it holds only
@@ -154,7 +158,7 @@ static peer *peer_get(struct smtps *sm, const char *ip)
         peer *next = LIST_NEXT(p, link);
         if (strcmp(p->ip, ip) == 0)
             return p;
-        if (peer_idle(p, now)) {
+        if (peer_idle(p, now, sm->lim.auth_window)) {
             LIST_REMOVE(p, link);
             free(p);
         }
@@ -168,10 +172,9 @@ static peer *peer_get(struct smtps *sm, const char *ip)
 
 static void peer_put(struct smtps *sm, peer *p)
 {
-    (void)sm;
     if (p->conns > 0)
         p->conns--;
-    if (peer_idle(p, clock_mono_ms())) {
+    if (peer_idle(p, clock_mono_ms(), sm->lim.auth_window)) {
         LIST_REMOVE(p, link);
         free(p);
     }
@@ -519,15 +522,16 @@ static void auth_fail(session *s, const char *why)
 {
     peer *p = s->peer;
     int64_t now = clock_mono_ms();
-    if (p->fails && now - p->last_fail_ms > AUTH_FAIL_FORGET_MS)
+    const limits *l = &s->sm->lim;
+    if (p->fails && now - p->last_fail_ms > l->auth_window)
         p->fails = 0;
     p->fails++;
     p->last_fail_ms = now;
-    int64_t delay = s->sm->lim.auth_delay;
-    for (unsigned i = 1; i < p->fails && delay < AUTH_DELAY_CAP_MS; i++)
+    int64_t delay = l->auth_delay;
+    for (unsigned i = 1; i < p->fails && delay < l->auth_delay_max; i++)
         delay *= 2;
-    if (delay > AUTH_DELAY_CAP_MS)
-        delay = AUTH_DELAY_CAP_MS;
+    if (delay > l->auth_delay_max)
+        delay = l->auth_delay_max;
     log_ev(LOG_WARN, "smtp_auth_failed", "{s:s,s:s,s:i,s:I}", "ip", s->ip, "reason", why, "failures",
            (int)p->fails, "delay_ms", (json_int_t)delay);
     if (delay <= 0) {
@@ -908,7 +912,7 @@ static void do_data(session *s, const smtp_cmd *c)
 static void data_progress(session *s, size_t n)
 {
     s->block_bytes += n;
-    if (s->block_bytes >= DATA_BLOCK) {
+    if (s->block_bytes >= s->sm->lim.data_block) {
         s->block_bytes = 0;
         arm(s, s->sm->lim.t_data);
     }
@@ -1227,6 +1231,8 @@ size_t smtps_sessions(const struct smtps *sm)
     return sm ? sm->nsessions : 0;
 }
 
+static int start_listeners(server *srv, err *e);
+
 static int is_loopback(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET)
@@ -1263,7 +1269,19 @@ static int listen_on(struct smtps *sm, int i, const char *where, int implicit, e
     return 0;
 }
 
+static void component_stop(server *srv);
+
+/* The server does not call stop for a component whose start failed, so a
+   failed start cleans up after itself. */
 static int component_start(server *srv, err *e)
+{
+    int rc = start_listeners(srv, e);
+    if (rc)
+        component_stop(srv);
+    return rc;
+}
+
+static int start_listeners(server *srv, err *e)
 {
     struct smtps *sm = xcalloc(1, sizeof *sm);
     srv->smtp = sm;

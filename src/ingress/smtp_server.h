@@ -21,9 +21,10 @@
  * Limits (all [smtp] config keys): command line, text line, message size,
  * recipients, header section (in the pipeline), connections total and per
  * address, bad commands, greeting/command/data/session timeouts, AUTH
- * failure delay. A DATA/BDAT "block" for timeout_data is 64 KiB: the timer
- * restarts only after that much progress, so a client dripping one byte
- * per second is cut off instead of holding the session for ever.
+ * failure delay and its cap. timeout_data restarts only after
+ * data_block_size bytes of progress (not on every byte), so a client
+ * dripping one byte per second is cut off instead of holding the session
+ * for ever.
  */
 #ifndef PH_INGRESS_SMTP_SERVER_H
 #define PH_INGRESS_SMTP_SERVER_H

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import SLOW
+from conftest import SLOW, wait_port
 from smtp_helpers import (parse_stored, queue_json, queue_list, queue_raw, queued_id,
                           tls_context)
 
@@ -212,6 +212,7 @@ def test_self_signed_pair_generated_once(make_server):
     s.stop()
     s.start()
     s.wait_log("tls_self_signed")
+    assert wait_port("127.0.0.1", s.smtps_port)
     assert open(cert, "rb").read() == before
     with smtplib.SMTP_SSL("127.0.0.1", s.smtps_port, context=tls_context(s),
                           timeout=10 * SLOW) as c:
