@@ -3,6 +3,7 @@
 
 #include "core/server.h"
 #include "ingress/maildrop.h"
+#include "outcome/alerts.h"
 #include "outcome/outcome.h"
 #include "outcome/webhooks.h"
 #include "delivery/delivery.h"
@@ -22,6 +23,7 @@ static const server_component *const components[] = {
     &delivery_component,
     &maildrop_component,
     &webhooks_component,
+    &alerts_component,
 };
 
 int cmd_serve(int argc, char **argv)

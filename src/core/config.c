@@ -219,6 +219,25 @@ static const cfg_def defs[] = {
     {"sendmail", "pickup_interval", T_DUR, F(pickup_interval), "1s", 10, 3600e3, NULL,
      "how often `serve` looks for messages in spool_dir/maildrop"},
 
+    /* [alerts]: failure alerts to operators (outcome/alerts). */
+    {"alerts", "interval", T_DUR, F(alert_interval), "30s", 10, 3600e3, NULL, "how often thresholds are checked"},
+    {"alerts", "window", T_DUR, F(alert_window), "15m", 100, 86400e3, NULL,
+     "the recent period the bounce rate and a key's send rate are measured over"},
+    {"alerts", "bounce_rate", T_DOUBLE, F(alert_bounce_rate), "0.05", 0, 1, NULL,
+     "alert when bounced / (delivered + bounced) in the window exceeds this (0: off)"},
+    {"alerts", "bounce_min", T_INT, F(alert_bounce_min), "20", 1, 1000000, NULL,
+     "outcomes needed in the window before the bounce rate is judged"},
+    {"alerts", "queue_age", T_DUR, F(alert_queue_age), "1h", 0, 30 * 86400e3, NULL,
+     "alert when the oldest undelivered message is older than this (0: off)"},
+    {"alerts", "key_rate_factor", T_DOUBLE, F(alert_key_rate_factor), "10", 0, 1e6, NULL,
+     "alert when a key sends this many times its 24-hour average rate within the window (0: off)"},
+    {"alerts", "key_rate_min", T_INT, F(alert_key_rate_min), "100", 1, 1000000000, NULL,
+     "recipients a key must send in the window before its rate is judged"},
+    {"alerts", "repeat", T_DUR, F(alert_repeat), "1h", 0, 30 * 86400e3, NULL,
+     "an alert that still holds is raised again after this"},
+    {"alerts", "admin_email", T_STR, F(admin_email), "", 0, 0, NULL,
+     "also mail each alert to this address, through Posthaste itself (empty: do not)"},
+
     /* [webhooks]: delivery of events to applications (outcome/webhooks). */
     {"webhooks", "timeout", T_DUR, F(webhook_timeout), "10s", 100, 600e3, NULL,
      "a POST not answered in this time counts as a failure"},

@@ -162,6 +162,17 @@ typedef struct config {
     char *sendmail_api_url;
     int64_t pickup_interval;
 
+    /* [alerts] */
+    int64_t alert_interval;
+    int64_t alert_window;
+    double alert_bounce_rate;
+    int64_t alert_bounce_min;
+    int64_t alert_queue_age;
+    double alert_key_rate_factor;
+    int64_t alert_key_rate_min;
+    int64_t alert_repeat;
+    char *admin_email;
+
     /* [webhooks] */
     int64_t webhook_timeout;
     int64_t webhook_retry_window;

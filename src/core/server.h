@@ -27,6 +27,7 @@ struct submit;
 struct metrics;
 struct webhooks;
 struct maildrop;
+struct alerts;
 
 typedef struct server {
     struct event_base *base;
@@ -42,6 +43,7 @@ typedef struct server {
     struct outcome *outcome;
     struct webhooks *webhooks;
     struct maildrop *maildrop;
+    struct alerts *alerts;
 } server;
 
 typedef struct server_component {
