@@ -1,6 +1,7 @@
 #include "submit/dkim.h"
 
 #include "core/mem.h"
+#include "submit/dkim_internal.h"
 #include "submit/headers.h"
 
 #include <errno.h>
@@ -18,17 +19,20 @@
 
 #define MAX_SIG_FIELDS 1000
 
-/* One loaded key: the sender section it belongs to and a libopendkim
-   library handle configured for it. A handle per key (not one global)
-   because x= (the signature TTL) is a library-wide option in libopendkim
-   and differs per sending domain. */
+/* One loaded key, with what it needs from its [sender] section (copied:
+   the key set outlives the config it was loaded from). RSA keys get a
+   libopendkim library handle each, because x= (the signature TTL) is a
+   library-wide option there and differs per sending domain; Ed25519 keys
+   are signed by dkim_ed25519.c (see dkim_internal.h for why). */
 typedef struct dkim_key {
-    const cfg_sender *sender; /* borrowed from the config; see dkimsig_load */
     char *domain;             /* d= */
     char *selector;           /* s= */
+    int sign_subdomains;
+    int64_t ttl_s;            /* x= - t=, 0 = no x= */
     enum dkimsig_alg alg;
-    unsigned char *pem;       /* private key text handed to libopendkim */
-    DKIM_LIB *lib;
+    unsigned char *pem;       /* RSA: private key text handed to libopendkim */
+    DKIM_LIB *lib;            /* RSA */
+    EVP_PKEY *pkey;           /* Ed25519 */
     struct dkim_key *next;
 } dkim_key;
 
@@ -276,6 +280,7 @@ static void free_key(dkim_key *k)
 {
     if (k->lib)
         dkim_close(k->lib);
+    EVP_PKEY_free(k->pkey);
     if (k->pem) {
         OPENSSL_cleanse(k->pem, strlen((char *)k->pem));
         free(k->pem);
@@ -301,7 +306,8 @@ static int add_key(dkimsig_keyset *ks, const cfg_sender *snd, const char *select
     if (!pem)
         return -1;
     dkim_key *k = xcalloc(1, sizeof *k);
-    *k = (dkim_key){.sender = snd, .domain = xstrdup(snd->name), .selector = xstrdup(selector),
+    *k = (dkim_key){.domain = xstrdup(snd->name), .selector = xstrdup(selector),
+                    .sign_subdomains = snd->sign_subdomains, .ttl_s = snd->dkim_expire / 1000,
                     .alg = alg, .pem = (unsigned char *)pem};
     if (alg != want) {
         err_set(e, ERR_INVALID, "[sender %s] %s_key_file %s is an %s key", snd->name, what, path,
@@ -309,7 +315,8 @@ static int add_key(dkimsig_keyset *ks, const cfg_sender *snd, const char *select
         free_key(k);
         return -1;
     }
-    if (!(k->lib = new_lib(snd, e))) {
+    if (alg == DKIM_ALG_ED25519 ? !(k->pkey = parse_key(pem, path, e))
+                                : !(k->lib = new_lib(snd, e))) {
         free_key(k);
         return -1;
     }
@@ -351,7 +358,7 @@ static int key_covers(const dkim_key *k, const char *from_domain)
     if (strcasecmp(k->domain, from_domain) == 0)
         return 1;
     size_t dl = strlen(k->domain), fl = strlen(from_domain);
-    return k->sender->sign_subdomains && fl > dl + 1 && from_domain[fl - dl - 1] == '.' &&
+    return k->sign_subdomains && fl > dl + 1 && from_domain[fl - dl - 1] == '.' &&
            strcasecmp(from_domain + fl - dl, k->domain) == 0;
 }
 
@@ -412,12 +419,18 @@ static DKIM_STAT feed(DKIM *d, const char *msg, size_t len, const hdr_section *h
 static int sign_one(const dkim_key *k, const char *from_domain, const char *msg, size_t len,
                     const hdr_section *h, buf *out, err *e)
 {
+    if (k->alg == DKIM_ALG_ED25519) {
+        dkimsig_ed_params p = {.key = k->pkey, .domain = k->domain, .selector = k->selector,
+                               .identity = from_domain, .ttl_s = k->ttl_s,
+                               .sign = signed_headers, .over = oversigned_headers};
+        return dkimsig_ed25519_sign(&p, msg, len, h, out, e);
+    }
     static const char prefix[] = "DKIM-Signature: ";
     DKIM_STAT st;
     DKIM *d = dkim_sign(k->lib, (const u_char *)"posthaste", NULL, k->pem,
                         (const u_char *)k->selector, (const u_char *)k->domain, DKIM_CANON_RELAXED,
                         DKIM_CANON_RELAXED,
-                        k->alg == DKIM_ALG_RSA ? DKIM_SIGN_RSASHA256 : DKIM_SIGN_ED25519SHA256,
+                        DKIM_SIGN_RSASHA256,
                         -1, &st);
     if (!d) {
         err_set(e, ERR_IO, "DKIM signing for %s (s=%s) could not start: %s", k->domain,

@@ -319,8 +319,12 @@ static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, 
         if (hyg_fold(r->data + f->off, f->len, out, e))
             return -1;
     }
-    if (buf_appends(out, "\r\n") ||
-        buf_append(out, r->data + h->body_off, r->len - h->body_off))
+    size_t body_len = r->len - h->body_off;
+    if (buf_appends(out, "\r\n") || buf_append(out, r->data + h->body_off, body_len))
+        goto too_big;
+    /* SMTP can only carry a body that ends in CRLF, and DKIM hashes it so. */
+    if (body_len && (body_len < 2 || memcmp(r->data + r->len - 2, "\r\n", 2) != 0) &&
+        buf_appends(out, "\r\n"))
         goto too_big;
     return 0;
 too_big:

@@ -352,3 +352,25 @@ def test_opendkim_testmsg_verifies(tmp_path, algs):
     bad = raw.replace(b"Total: 12.00", b"Total: 99.00")
     status, err = opendkim_verify(s, bad, tmp_path)
     assert status != 0 and "signature" in err.lower()
+
+
+@pytest.mark.parametrize("body", [
+    b"",
+    b"\r\n\r\n\r\n",
+    b"trailing spaces   \r\n\ttabs\t and  runs \t\r\n\r\n\r\n",
+    b"no final newline",
+    b"a\r\n \r\n\t\r\nb\r\n \r\n",
+    b"x" * 3000 + b"  \r\n",
+])
+def test_ed25519_matches_libopendkim_canonicalization(tmp_path, body):
+    """Ed25519 is signed by our own relaxed canonicalizer (libopendkim leaks
+    its Ed25519 keys); with dual signing its body hash must equal
+    libopendkim's for the same bytes, and both must verify."""
+    s = Signer(tmp_path, ["rsa", "ed25519"])
+    msg = MSG.split(b"\r\n\r\n", 1)[0] + b"\r\nSubject:  spaced   out \t subject\r\n\r\n" + body
+    msg = msg.replace(b"Subject: Your receipt\r\n", b"")
+    raw = s.stored(s.submit(msg))
+    tags = [sig_tags(raw, i) for i in range(2)]
+    assert {t["a"] for t in tags} == {"rsa-sha256", "ed25519-sha256"}
+    assert tags[0]["bh"] == tags[1]["bh"]
+    assert s.verify_all(raw) == [True, True]
