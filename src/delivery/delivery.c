@@ -137,8 +137,17 @@ struct dest {
     char *pass;
 };
 
+/* A session saying QUIT: tracked so shutdown waits for (or frees) it. */
+typedef struct closing {
+    LIST_ENTRY(closing) link;
+    delivery *dv;
+    smtpc_conn *c;
+} closing;
+
 struct delivery {
     server *srv;
+    LIST_HEAD(, closing) closing;
+    size_t nclosing;
     dns *dns;
     SSL_CTX *ssl;
     struct event *tick;
@@ -589,9 +598,29 @@ static void conn_remove(conn *k)
     free(k);
 }
 
+static void on_closed(void *arg)
+{
+    closing *x = arg;
+    LIST_REMOVE(x, link);
+    x->dv->nclosing--;
+    free(x);
+}
+
 static void conn_close(conn *k)
 {
-    smtpc_close(k->c);
+    delivery *dv = k->d->dv;
+    if (k->c) {
+        closing *x = xcalloc(1, sizeof *x);
+        x->dv = dv;
+        x->c = k->c;
+        LIST_INSERT_HEAD(&dv->closing, x, link);
+        dv->nclosing++;
+        if (!smtpc_close(k->c, on_closed, x)) {
+            LIST_REMOVE(x, link);
+            dv->nclosing--;
+            free(x);
+        }
+    }
     k->c = NULL;
     conn_remove(k);
 }
@@ -873,6 +902,7 @@ static int component_start(server *srv, err *e)
     delivery *dv = xcalloc(1, sizeof *dv);
     dv->srv = srv;
     LIST_INIT(&dv->dests);
+    LIST_INIT(&dv->closing);
     srv->delivery = dv;
     if (apply_settings(dv, srv->cfg, e) || check_routes(srv->cfg, e) ||
         !(dv->dns = dns_new(srv->base, srv->cfg->dns_servers, srv->cfg->dns_timeout, e)) ||
@@ -916,7 +946,7 @@ static void component_drain(server *srv)
 static size_t component_busy(server *srv)
 {
     delivery *dv = srv->delivery;
-    return dv ? dv->busy_conns + dv->writes : 0;
+    return dv ? dv->busy_conns + dv->writes + dv->nclosing : 0;
 }
 
 static void component_reload(server *srv, const config *cfg)
@@ -939,6 +969,12 @@ static void component_stop(server *srv)
     dns_free(dv->dns); /* cancels lookups without callbacks */
     while (!LIST_EMPTY(&dv->dests))
         dest_free(LIST_FIRST(&dv->dests));
+    while (!LIST_EMPTY(&dv->closing)) {
+        closing *x = LIST_FIRST(&dv->closing);
+        LIST_REMOVE(x, link);
+        smtpc_free(x->c);
+        free(x);
+    }
     if (dv->tick)
         event_free(dv->tick);
     if (dv->ssl)

@@ -60,6 +60,8 @@ struct smtpc_conn {
     int mail_failed;
     int need_utf8, eightbit;
     size_t txns;                   /* transactions started on this session */
+    void (*closed)(void *);        /* after QUIT: the owner's bookkeeping */
+    void *closed_arg;
 };
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -308,6 +310,16 @@ static void conn_free(smtpc_conn *c)
     free(c->cmds);
     free(c->accepted);
     free(c);
+}
+
+/* The QUIT is out (or the peer is gone): free, then tell the owner. */
+static void quit_done(smtpc_conn *c)
+{
+    void (*closed)(void *) = c->closed;
+    void *arg = c->closed_arg;
+    conn_free(c);
+    if (closed)
+        closed(arg);
 }
 
 /* ---- session setup -------------------------------------------------------- */
@@ -799,7 +811,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     smtpc_conn *c = arg;
     if (c->state == S_QUITTING)
-        conn_free(c);
+        quit_done(c);
     else if (c->state == S_BODY)
         arm(c, c->o.t_data_term); /* the body is out: wait for the final reply */
 }
@@ -845,7 +857,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (c->state == S_QUITTING) {
-        conn_free(c);
+        quit_done(c);
         return;
     }
     char why[400], text[500];
@@ -871,7 +883,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     char why[200];
     snprintf(why, sizeof why, "timed out %s", phase_name(c->state));
     switch (c->state) {
-    case S_QUITTING: conn_free(c); break;
+    case S_QUITTING: quit_done(c); break;
     case S_TXN:
     case S_BODY:
     case S_EMPTY_DOT: txn_abort(c, why); break;
@@ -904,18 +916,21 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void smtpc_close(smtpc_conn *c)
+int smtpc_close(smtpc_conn *c, void (*closed)(void *arg), void *arg)
 {
     if (!c)
-        return;
+        return 0;
     if (c->state != S_READY || !c->bev) {
         conn_free(c);
-        return;
+        return 0;
     }
     c->state = S_QUITTING;
+    c->closed = closed;
+    c->closed_arg = arg;
     event_del(c->notify);
     write_str(c, "QUIT\r\n");
     arm(c, 2000);
+    return 1;
 }
 
 void smtpc_free(smtpc_conn *c)

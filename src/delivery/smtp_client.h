@@ -97,8 +97,11 @@ typedef struct smtpc_txn {
 typedef void (*smtpc_txn_cb)(void *arg, smtpc_conn *c, int reusable);
 void smtpc_send(smtpc_conn *c, smtpc_txn *t, smtpc_txn_cb cb, void *arg);
 
-/* Send QUIT (when possible) and free the connection. */
-void smtpc_close(smtpc_conn *c);
+/* Send QUIT (when possible) and free the connection. Returns 1 when the
+   QUIT is on its way: the connection frees itself once it is written (at
+   most 2 s) and then calls closed(arg); 0 when it was freed at once
+   (closed is not called). */
+int smtpc_close(smtpc_conn *c, void (*closed)(void *arg), void *arg);
 /* Free at once, without QUIT (shutdown). */
 void smtpc_free(smtpc_conn *c);
 /* 0 once the server has closed an idle session. */

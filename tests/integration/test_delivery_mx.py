@@ -62,6 +62,7 @@ def test_mx_with_two_preferences_falls_to_the_second_host(make_server, net):
     assert len(net["sink"].envelopes) == 3
     assert all(sorted(e.rcpt_tos) == ["a@two.test", "b@two.test"] for e in net["sink"].envelopes)
     assert all(e.mail_from == "app@src.test" for e in net["sink"].envelopes)
+    assert srv.stop() == 0
 
 
 def test_domain_with_only_an_a_record(make_server, net):
@@ -95,6 +96,7 @@ def test_null_mx_bounces_at_once_and_notifies_the_sender(make_server, net):
     assert "Subject: test 0" in parts[2].get_content()
     # Hard bounce: the address is now suppressed.
     assert suppressions(srv) == {"x@null.test": "hard_bounce"}
+    assert srv.stop() == 0
 
 
 def test_nxdomain_bounces_and_api_mail_gets_no_report(make_server, net):

@@ -77,6 +77,7 @@ def test_per_recipient_replies(env):
     m = email.message_from_bytes(env.ndr.messages[0].data, policy=email.policy.default)
     dsn = list(m.iter_parts())[1].as_string()
     assert "gone@s.test" in dsn and "full@s.test" in dsn and "ok@s.test" not in dsn
+    assert srv.stop() == 0
 
 
 @pytest.mark.parametrize("phase,reply,state", [

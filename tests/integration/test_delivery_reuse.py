@@ -43,6 +43,7 @@ def test_hundred_messages_reuse_a_few_connections(env):
     submit(srv, 100, "app@src.test", ["u@r.test"])
     wait_for(lambda: len(rx.messages) >= 100, 30, "100 messages")
     assert len(rx.messages) == 100
+    assert srv.stop() == 0  # clean exit (and no leaks under ASan)
     assert rx.connections <= 3 and rx.max_active <= 3
     # Each reused connection resets between transactions.
     assert rx.commands.count("RSET") == 100 - rx.connections
@@ -93,3 +94,20 @@ def test_kill_9_during_delivery_loses_nothing(env):
     wait_for(lambda: len(subjects()) == 1000, 60, "all 1000 messages")
     assert subjects() == {str(i).encode() for i in range(1000)}
     wait_for(lambda: stats(srv).get("delivered") == 1000, 20, "the spool to agree")
+
+
+def test_sigterm_lets_the_transaction_in_progress_finish(env):
+    """Drain: SIGTERM while the receiver is still answering the final dot;
+    the server waits, records the delivery, and exits cleanly."""
+    def slow_dot(msg):
+        time.sleep(1.0)  # blocks this receiver's loop: the reply comes late
+        return None
+    rx = env.receiver(dot=slow_dot)
+    srv = env.server()
+    [i] = submit(srv, 1, "app@src.test", ["u@r.test"])
+    wait_for(lambda: "DATA" in rx.commands, 10, "DATA")
+    assert srv.stop() == 0  # one SIGTERM, then wait
+    assert len(rx.messages) == 1
+    from delivery_receivers import rcpt_states
+    assert rcpt_states(srv, i) == {"u@r.test": "delivered"}
+    assert not any("LeakSanitizer" in str(line.get("text", "")) for line in srv.logs())

@@ -80,6 +80,7 @@ def test_verify_fails_against_a_self_signed_receiver(env):
     reply = events_of(msg, "deferred")[0]["data"]["reply"]
     assert "certificate" in reply and "mx.s.test" in reply
     assert not rx.messages
+    assert srv.stop() == 0
 
 
 def test_verify_succeeds_with_the_ca_configured(env):
@@ -143,6 +144,7 @@ def test_relay_with_auth_from_environment(env, monkeypatch):
     assert rx.auth_seen == [("PLAIN", "smtpuser", "s3cret pw")]
     assert rx.messages[0].tls
     # The password never reaches the log.
+    assert srv.stop() == 0
     assert "s3cret" not in open(srv.log_path, errors="replace").read()
 
 
