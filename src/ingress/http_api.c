@@ -39,6 +39,8 @@ typedef struct seen_sig {
     TAILQ_ENTRY(seen_sig) age;
 } seen_sig;
 
+LIST_HEAD(sig_bucket, seen_sig);
+
 /* Recipients accepted for a key but not yet committed (recipients_per_day
    counts the spool plus these, so concurrent requests cannot overshoot). */
 typedef struct key_inflight {
@@ -60,10 +62,10 @@ struct api {
     struct mime_ctx *mime;
     SSL_CTX *tls; /* [api] tls = yes: the server context shared with SMTP */
     size_t in_flight;
-    LIST_HEAD(, seen_sig) replay[REPLAY_BUCKETS];
-    TAILQ_HEAD(, seen_sig) replay_age;
-    LIST_HEAD(, key_inflight) inflight;
-    LIST_HEAD(, idem_busy) idem;
+    struct sig_bucket replay[REPLAY_BUCKETS];
+    TAILQ_HEAD(sig_age, seen_sig) replay_age;
+    LIST_HEAD(key_list, key_inflight) inflight;
+    LIST_HEAD(idem_list, idem_busy) idem;
     struct event *sweep;
 };
 
@@ -110,14 +112,20 @@ static void req_free(api_req *r)
     free(r);
 }
 
+/* The in-progress marker of an Idempotency-Key: "<key id>\n<header value>". */
+static void idem_busy_key(const api_req *r, const char *idem, char *out, size_t n)
+{
+    snprintf(out, n, "%s\n%s", r->key.id, idem);
+}
+
 static void idem_release(api *a, const api_req *r)
 {
     if (!r->idem_key)
         return;
-    idem_busy *b;
-    LIST_FOREACH(b, &a->idem, link) {
-        size_t n = strlen(r->key.id);
-        if (strncmp(b->key, r->key.id, n) == 0 && b->key[n] == '\n' && strcmp(b->key + n + 1, r->idem_key) == 0) {
+    char want[300];
+    idem_busy_key(r, r->idem_key, want, sizeof want);
+    for (idem_busy *b = LIST_FIRST(&a->idem); b; b = LIST_NEXT(b, link)) {
+        if (strcmp(b->key, want) == 0) {
             LIST_REMOVE(b, link);
             free(b->key);
             free(b);
@@ -598,7 +606,7 @@ static int idempotency(api_req *r)
     }
     request_hash(r);
     char busy_key[300];
-    snprintf(busy_key, sizeof busy_key, "%s\n%s", r->key.id, k);
+    idem_busy_key(r, k, busy_key, sizeof busy_key);
     idem_busy *b;
     LIST_FOREACH(b, &r->api->idem, link)
         if (strcmp(b->key, busy_key) == 0) {
