@@ -140,3 +140,24 @@ def test_rate_limit_recipients_per_day(make_server):
     # it is counted from the spool, so a restart does not reset it
     restart(srv)
     assert a.post("/v1/messages", dict(MSG, to="5@example.org")).status_code == 429
+
+
+def test_idempotency_concurrent_repeats_create_one_message(api):
+    """Ten simultaneous requests with one key: one message; the others get
+    the replayed answer or 409 idempotency_in_progress, never a second message."""
+    import concurrent.futures
+    h = {"Idempotency-Key": "burst-1", "Authorization": f"Bearer {api.key}"}
+
+    def post(_):
+        return requests.post(api.url + "/v1/messages", json=MSG, headers=h, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(post, range(10)))
+    codes = sorted(r.status_code for r in results)
+    assert set(codes) <= {202, 409}, codes
+    ids = {r.json()["id"] for r in results if r.status_code == 202}
+    assert len(ids) == 1, ids
+    for r in results:
+        if r.status_code == 409:
+            assert r.json()["error"]["code"] == "idempotency_in_progress"
+    assert len(message_ids(api)) == 1
