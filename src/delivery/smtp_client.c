@@ -41,10 +41,11 @@ struct smtpc_conn {
     smtp_reply reply;
     char peer[300];
     int tls;                       /* TLS is active */
+    int plain_retry;               /* policy may: TLS failed here, retrying in plaintext */
     int refused_all;               /* every target so far refused or said 421 */
     smtpc_result last;             /* last failure while connecting */
     /* capabilities from the latest EHLO */
-    int cap_pipelining, cap_8bit, cap_utf8, cap_starttls, cap_plain, cap_login;
+    int cap_pipelining, cap_8bit, cap_utf8, cap_starttls, cap_plain, cap_login, cap_size;
     /* notification */
     enum note note;
     smtpc_ready_cb ready_cb;
@@ -211,8 +212,18 @@ static void target_failed(smtpc_conn *c, int code, const char *status, const cha
     smtpc_result_set(&c->last, code, status, text);
     if (!refused)
         c->refused_all = 0;
+    /* Opportunistic TLS must not make mail undeliverable: when the
+       handshake fails under "may", try the same host once in plaintext
+       (as Postfix does). encrypt/verify never fall back. */
+    int retry_plain = c->state == S_HANDSHAKE && c->o.tls_policy == SMTPC_TLS_MAY && !c->plain_retry &&
+                      !c->o.implicit_tls;
     drop_bev(c);
-    c->cur++;
+    if (retry_plain) {
+        c->plain_retry = 1;
+    } else {
+        c->plain_retry = 0;
+        c->cur++;
+    }
     try_target(c);
 }
 
@@ -327,6 +338,7 @@ static void quit_done(smtpc_conn *c)
 static void parse_caps(smtpc_conn *c)
 {
     c->cap_pipelining = c->cap_8bit = c->cap_utf8 = c->cap_starttls = c->cap_plain = c->cap_login = 0;
+    c->cap_size = 0;
     const char *p = buf_cstr(&c->reply.text);
     const char *nl = strchr(p, '\n');
     while (nl) {
@@ -347,6 +359,8 @@ static void parse_caps(smtpc_conn *c)
             c->cap_utf8 = 1;
         else if (IS("STARTTLS"))
             c->cap_starttls = 1;
+        else if (IS("SIZE"))
+            c->cap_size = 1;
         else if (IS("AUTH")) {
             char mechs[512];
             snprintf(mechs, sizeof mechs, " %.*s ", (int)(kn - 5 > 500 ? 500 : kn - 5), kw + 5);
@@ -445,7 +459,7 @@ static void auth_step(smtpc_conn *c)
 static void after_ehlo(smtpc_conn *c)
 {
     int policy = c->o.tls_policy;
-    if (c->tls || policy == SMTPC_TLS_NONE) {
+    if (c->tls || policy == SMTPC_TLS_NONE || c->plain_retry) {
         start_auth(c);
         return;
     }
@@ -551,10 +565,14 @@ static void send_cmd(smtpc_conn *c, const cmd *k)
     const smtpc_txn *t = c->t;
     switch (k->kind) {
     case K_RSET: snprintf(line, sizeof line, "RSET\r\n"); break;
-    case K_MAIL:
-        snprintf(line, sizeof line, "MAIL FROM:<%s>%s%s\r\n", t->mail_from,
+    case K_MAIL: {
+        char size[40] = "";
+        if (c->cap_size) /* RFC 1870: let the server refuse a too-big message up front */
+            snprintf(size, sizeof size, " SIZE=%zu", t->len);
+        snprintf(line, sizeof line, "MAIL FROM:<%s>%s%s%s\r\n", t->mail_from, size,
                  c->eightbit && c->cap_8bit ? " BODY=8BITMIME" : "", c->need_utf8 ? " SMTPUTF8" : "");
         break;
+    }
     case K_RCPT: snprintf(line, sizeof line, "RCPT TO:<%s>\r\n", t->rcpts[k->idx]); break;
     case K_DATA: snprintf(line, sizeof line, "DATA\r\n"); break;
     }

@@ -9,14 +9,15 @@
  *    that is not 2xx, or a TLS failure; ready_cb reports the first usable
  *    session or the last failure.
  *  - TLS policy: none (never STARTTLS), may (STARTTLS when offered, no
- *    verification), encrypt (TLS required, unverified), verify (TLS
+ *    verification; a failed handshake is retried once in plaintext on
+ *    the same host), encrypt (TLS required, unverified), verify (TLS
  *    required, chain checked against tls_ca_file or the system store and
  *    the name checked against the host). TLS 1.2 or later only.
  *    After "220" to STARTTLS every byte the server already sent is
  *    discarded before the handshake (response injection, CVE-2011-0411
  *    class) and EHLO is sent again over TLS.
  *  - smtpc_send() runs one transaction: MAIL, RCPT for every recipient,
- *    DATA, the dot-stuffed body. With PIPELINING the commands up to DATA
+ *    DATA, the dot-stuffed body (SIZE= when offered, RFC 1870). With PIPELINING the commands up to DATA
  *    go out in one write (RFC 2920); each RCPT's reply is kept per
  *    recipient. BODY=8BITMIME and SMTPUTF8 are added when the message
  *    needs them and the server offers them; a message needing SMTPUTF8

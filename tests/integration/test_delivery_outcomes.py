@@ -10,7 +10,8 @@ import email.policy
 import pytest
 
 from delivery_receivers import (Dnsmasq, ScriptedSMTP, delivery_sections, events_of, free_port_on,
-                                loopback_net, show, submit, suppressions, wait_for, wait_states)
+                                loopback_net, rcpt_states, show, submit, suppressions, wait_for,
+                                wait_states)
 
 
 @pytest.fixture
@@ -104,7 +105,8 @@ def test_phase_replies(env, phase, reply, state):
         r = msg["recipients"][0]
         assert r["attempts"] == 1
     if reply.startswith("421"):
-        srv.wait_log("concurrency_reduced")
+        # The destination's concurrency is halved for concurrency_penalty (10 -> 5).
+        assert srv.wait_log("concurrency_reduced")["limit"] == 5
 
 
 def test_connection_dropped_in_data_is_deferred_then_delivered(env):
@@ -169,12 +171,16 @@ def test_no_pipelining_one_command_at_a_time(env):
 def test_queue_commands_reach_the_running_scheduler(env):
     """retry makes a deferred recipient due now; delete removes one for good."""
     calls = []
-    rx = env.receiver(rcpt=lambda a: (calls.append(a), "451 4.3.0 later")[1] if len(calls) < 2 else None)
+    rx = env.receiver(rcpt=lambda a: (calls.append(a), "451 4.3.0 later")[1] if len(calls) < 3 else None)
     srv = env.server(retry_schedule="1h")
-    [a, b] = submit(srv, 2, "app@src.test", ["u@s.test"])
-    wait_states(srv, a, {"u@s.test": "deferred"})
-    wait_states(srv, b, {"u@s.test": "deferred"})
+    [a, b, c] = submit(srv, 3, "app@src.test", ["u@s.test"])
+    for i in (a, b, c):
+        wait_states(srv, i, {"u@s.test": "deferred"})
     srv.cli("queue", "delete", b)
     srv.cli("queue", "retry", a)
     wait_states(srv, a, {"u@s.test": "delivered"})
     assert len(rx.messages) == 1 and b"Subject: test 0" in rx.messages[0].data
+    assert rcpt_states(srv, c) == {"u@s.test": "deferred"}  # retry touched only a
+    srv.cli("queue", "flush")
+    wait_states(srv, c, {"u@s.test": "delivered"})
+    assert len(rx.messages) == 2 and b"Subject: test 2" in rx.messages[1].data

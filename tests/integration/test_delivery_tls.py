@@ -168,3 +168,33 @@ def test_relay_verify_is_the_default(env):
     [i] = submit(srv, 1, "app@src.test", ["a@anywhere.example"])
     msg = wait_states(srv, i, {"a@anywhere.example": "deferred"})
     assert "certificate" in events_of(msg, "deferred")[0]["data"]["reply"]
+
+
+def tls11_ctx(certs):
+    """A receiver that speaks only TLS 1.0/1.1."""
+    import warnings
+    ctx = server_ctx(certs, "mx.s.test")
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
+
+
+def test_tls_older_than_1_2_is_refused(env, certs):
+    rx = env.receiver(cert=None, starttls=tls11_ctx(certs))
+    srv = env.server(tls_policy_mx="encrypt", retry_schedule="1h")
+    [i] = submit(srv, 1, "app@src.test", ["u@s.test"])
+    msg = wait_states(srv, i, {"u@s.test": "deferred"})
+    assert "TLS" in events_of(msg, "deferred")[0]["data"]["reply"]
+    assert not rx.messages
+
+
+def test_may_falls_back_to_plaintext_when_the_handshake_fails(env, certs):
+    rx = env.receiver(cert=None, starttls=tls11_ctx(certs))
+    srv = env.server()  # may
+    [i] = submit(srv, 1, "app@src.test", ["u@s.test"])
+    msg = wait_states(srv, i, {"u@s.test": "delivered"})
+    assert events_of(msg, "delivered")[0]["data"]["tls"] is False
+    assert not rx.messages[0].tls and rx.commands.count("STARTTLS") == 1 and rx.connections == 2
