@@ -1158,6 +1158,7 @@ static int read_line(session *s, struct evbuffer *in)
         return 1;
     }
     buf_reset(&s->line);
+    s->line.max = s->sm->lim.max_cmd; /* follows a SIGHUP'd limit; total fits it */
     buf_append(&s->line, evbuffer_pullup(in, (ev_ssize_t)total), total);
     evbuffer_drain(in, total);
     size_t len = total - 1; /* the LF */
