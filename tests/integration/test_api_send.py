@@ -237,3 +237,23 @@ def test_readme_quickstart_curl_command(api):
     out, code = p.stdout.rsplit("\n", 1)
     assert code == "202", p.stdout + p.stderr
     assert json.loads(out)["recipients"][0]["status"] == "queued"
+
+
+def test_every_202_survives_kill_9(api):
+    """A 202 is sent after the commit: kill -9 right after the answers and
+    every acknowledged message is in the spool when it is opened again."""
+    import concurrent.futures
+    import requests
+
+    def post(i):
+        return requests.post(api.url + "/v1/messages", timeout=30, headers={"Authorization": f"Bearer {api.key}"},
+                             json={"from": "app@example.com", "to": f"u{i}@example.org", "text": str(i)})
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(post, range(40)))
+    acked = [r.json()["id"] for r in results if r.status_code == 202]
+    assert len(acked) == 40
+    api.srv.kill()
+    out = json.loads(api.srv.cli("queue", "list", "--limit", "1000", "--json").stdout)
+    stored = {m["id"] for m in (out if isinstance(out, list) else out.get("messages", out.get("data", [])))}
+    assert set(acked) <= stored
