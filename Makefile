@@ -38,7 +38,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELP_SRC := $(wildcard tests/helpers/*.c)
 HELP_BIN := $(HELP_SRC:tests/helpers/%.c=$(BUILD)/helpers/%)
 
-.PHONY: all deps run test test-unit test-integration test-asan fuzz fuzz-bins clean lint format
+.PHONY: all deps run test test-unit test-integration test-asan test-reliability fuzz fuzz-bins clean lint format
 
 all: deps posthaste
 
@@ -98,6 +98,12 @@ test-unit-asan: $(UNIT_BIN) $(BUILD)/posthaste $(HELP_BIN)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
 	  POSTHASTE_ASAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Full reliability profile (tests/reliability/: kill loop, faults, disk full, exhaustion,
+# bad TLS; docs/RELIABILITY.md). A short profile of each runs in test-integration.
+test-reliability: posthaste $(HELP_BIN)
+	POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
+	  $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/reliability
 
 # libFuzzer targets (clang), ASan+UBSan, each run FUZZ_SECONDS on its seed corpus.
 FUZZ_SECONDS ?= 60

@@ -1,0 +1,25 @@
+"""Short profile of the reliability harness (tests/reliability/): the same
+scenarios as `make test-reliability` with small counts, so they run in
+every `make test` and `make test-asan`."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "reliability"))
+import rel_harness as h  # noqa: E402
+
+
+def test_kill_loop_short(tmp_path):
+    """300 messages over SMTP and HTTP, 5 SIGKILLs while submitting and
+    delivering: every acknowledged (Message-ID, recipient) is delivered."""
+    f = h.kill_loop(tmp_path, messages=300, kills=5, max_size=256 * 1024, max_rcpts=20,
+                    smtp_workers=2, http_workers=2)
+    assert f["lost"] == 0
+
+
+def test_disk_full_short(tmp_path):
+    f = h.disk_full(tmp_path, fs_size="16m", leave=2 << 20, msg_size=32 * 1024, after=6)
+    if isinstance(f, str):
+        pytest.skip(f)

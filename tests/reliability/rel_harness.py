@@ -1,0 +1,540 @@
+"""The reliability harness: crash loops, receiver faults, disk full,
+resource exhaustion and bad TLS, each a function taking its counts so the
+full profile (tests/reliability/, `make test-reliability`) and the short
+profile inside `make test` (tests/integration/test_reliability_short.py)
+run the same code with different sizes.
+
+Everything drives the real `posthaste serve` (the integration harness's
+Server) against real clients (smtplib, requests) and real receivers
+(aiosmtpd, or the scripted asyncio receiver of the delivery tests), on
+loopback only. Every loop is bounded in count and time; only processes
+started here are stopped, by their handle.
+"""
+import json
+import os
+import random
+import re
+import resource
+import signal
+import smtplib
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INTEGRATION = os.path.join(os.path.dirname(HERE), "integration")
+if INTEGRATION not in sys.path:
+    sys.path.insert(0, INTEGRATION)
+
+import requests  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
+
+from conftest import ASAN, BIN, SLOW, Server, free_port, wait_port  # noqa: E402,F401
+
+MSGID = re.compile(rb"(?im)^Message-ID:[ \t]*(<[^>\r\n]+>)")
+
+
+def log(msg):
+    """Progress lines for the full profile (pytest -s shows them)."""
+    print(f"[reliability] {msg}", flush=True)
+
+
+# ---- the receiver ---------------------------------------------------------------------------
+
+class SinkHandler:
+    """aiosmtpd handler: counts each (Message-ID, recipient) delivered and
+    appends one JSON line per transaction to a dump file."""
+
+    def __init__(self, dump_path):
+        self.lock = threading.Lock()
+        self.pairs = Counter()
+        self.transactions = 0
+        self.dump = open(dump_path, "a") if dump_path else None
+
+    async def handle_DATA(self, server, session, envelope):
+        m = MSGID.search(envelope.content.split(b"\r\n\r\n", 1)[0] + b"\r\n")
+        mid = m.group(1).decode() if m else "<none>"
+        with self.lock:
+            self.transactions += 1
+            for r in envelope.rcpt_tos:
+                self.pairs[(mid, r.lower())] += 1
+            if self.dump:
+                self.dump.write(json.dumps({"mid": mid, "rcpts": envelope.rcpt_tos}) + "\n")
+        return "250 2.0.0 stored"
+
+    def snapshot(self):
+        with self.lock:
+            return Counter(self.pairs)
+
+
+class Sink:
+    """aiosmtpd on 127.0.0.1 (no TLS offered): the final destination."""
+
+    def __init__(self, dump_path=None):
+        self.port = free_port()
+        self.handler = SinkHandler(dump_path)
+        self.ctl = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+                              data_size_limit=64 * 1024 * 1024, ready_timeout=10)
+
+    def start(self):
+        self.ctl.start()
+        return self
+
+    def stop(self):
+        self.ctl.stop()
+        if self.handler.dump:
+            self.handler.dump.close()
+
+
+# ---- the server -----------------------------------------------------------------------------
+
+def relay_sections(port, **delivery):
+    """Deliver everything to 127.0.0.1:port in plain text, fast retries."""
+    d = {"paused": "no", "route": "relay", "relay_host": "127.0.0.1", "relay_port": str(port),
+         "relay_tls": "none", "tls_policy_relay": "none", "scheduler_interval": "100ms",
+         "retry_schedule": "200ms,500ms,1s", "timeout_connect": "2s", "timeout_greeting": "3s",
+         "timeout_mail": "3s", "timeout_rcpt": "3s", "timeout_data_init": "3s",
+         "timeout_data_block": "5s", "timeout_data_term": "10s", "idle_timeout": "1s"}
+    d.update({k: str(v) for k, v in delivery.items()})
+    return {"delivery": d}
+
+
+class RelServer(Server):
+    """Server that can be started many times and told apart by its n-th
+    'ready' line (Server.wait_log would match the first run's line)."""
+
+    def __init__(self, tmpdir, extra=None):
+        base = {"server": {"log_level": "info"},
+                "smtp": {"allow_plaintext_auth": "yes"}}
+        for section, values in (extra or {}).items():
+            base.setdefault(section, {}).update(values)
+        os.makedirs(str(tmpdir), exist_ok=True)
+        super().__init__(tmpdir, base)
+        self.starts = 0
+
+    def _seen_since(self, offset, event):
+        needle = f'"event":"{event}"'.encode()
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return any(needle in raw.replace(b" ", b"") for raw in f)
+        except FileNotFoundError:
+            return False
+
+    def start_and_wait(self, timeout=20):
+        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        self.start(wait_ready=False)
+        deadline = time.monotonic() + timeout * SLOW
+        while time.monotonic() < deadline:
+            if self._seen_since(offset, "ready"):
+                self.starts += 1
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode} at start:\n" + self.tail())
+            time.sleep(0.02)
+        raise AssertionError("server not ready in time:\n" + self.tail())
+
+    def kill(self):
+        """SIGKILL if running; safe when never started."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if getattr(self, "log", None) and not self.log.closed:
+            self.log.close()
+
+    def tail(self, n=4000):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-n:]
+
+    def sigkill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stats(self):
+        return json.loads(self.cli("queue", "stats", "--json").stdout)
+
+    def integrity(self):
+        """PRAGMA integrity_check through `posthaste queue check`, and directly."""
+        p = self.cli("queue", "check", check=False)
+        db = sqlite3.connect(os.path.join(self.spool_dir, "spool.db"), timeout=30)
+        try:
+            direct = db.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            db.close()
+        return p.returncode, (p.stdout + p.stderr).strip(), direct
+
+
+# ---- clients --------------------------------------------------------------------------------
+
+def body_text(size, rng):
+    """ASCII text of about `size` bytes in 76-character lines."""
+    line = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789 ") for _ in range(75))
+    n = max(1, size // 77)
+    return "\r\n".join(line for _ in range(n)) + "\r\n"
+
+
+def pick_size(rng, max_size):
+    """1 KB..max_size, skewed small as transactional mail is (a few near the top)."""
+    r = rng.random()
+    if r < 0.85:
+        return rng.randint(1024, 10 * 1024)
+    if r < 0.98:
+        return rng.randint(10 * 1024, min(100 * 1024, max_size))
+    return rng.randint(min(100 * 1024, max_size), max_size)
+
+
+class Ledger:
+    """What the server acknowledged: Message-ID -> recipients, plus errors seen."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acked = {}
+        self.attempts = 0
+        self.failures = Counter()
+
+    def attempt(self):
+        with self.lock:
+            self.attempts += 1
+
+    def ack(self, mid, rcpts):
+        with self.lock:
+            self.acked[mid] = [r.lower() for r in rcpts]
+
+    def fail(self, why):
+        with self.lock:
+            self.failures[why] += 1
+
+    def pairs(self):
+        with self.lock:
+            return {(m, r) for m, rs in self.acked.items() for r in rs}
+
+
+def make_message(tag, i, rng, max_size, max_rcpts):
+    nr = rng.randint(1, max_rcpts)
+    rcpts = [f"u{rng.randint(0, 999)}.{k}@r{k % 7}.test" for k in range(nr)]
+    rcpts = sorted(set(rcpts))
+    mid = f"<{tag}.{i}.{rng.getrandbits(32):08x}@rel.test>"
+    return mid, rcpts, pick_size(rng, max_size)
+
+
+def smtp_worker(srv_ref, key, tag, count, ledger, seed, max_size, max_rcpts, deadline):
+    """Submit `count` messages over SMTP (one connection reused), reconnecting
+    whenever the server dies. A message counts as acknowledged only when
+    DATA got its 250."""
+    rng = random.Random(seed)
+    conn = None
+    i = 0
+    while i < count and time.monotonic() < deadline:
+        mid, rcpts, size = make_message(tag, i, rng, max_size, max_rcpts)
+        msg = (f"From: app@src.test\r\nTo: list@r.test\r\nSubject: rel {tag} {i}\r\n"
+               f"Message-ID: {mid}\r\n\r\n" + body_text(size, rng)).encode()
+        ledger.attempt()
+        try:
+            if conn is None:
+                conn = smtplib.SMTP("127.0.0.1", srv_ref().smtp_port, timeout=30 * SLOW)
+                conn.ehlo("rel.test")
+                conn.login("app", key)
+            refused = conn.sendmail("app@src.test", rcpts, msg)
+            ledger.ack(mid, [r for r in rcpts if r not in refused])
+            i += 1
+        except (OSError, smtplib.SMTPException) as e:
+            ledger.fail(f"smtp {type(e).__name__}")
+            try:
+                if conn:
+                    conn.close()
+            except Exception:
+                pass
+            conn = None
+            i += 1  # an unacknowledged attempt is not retried: it may or may not be there
+            time.sleep(0.05)
+    if conn:
+        try:
+            conn.quit()
+        except Exception:
+            pass
+
+
+def http_worker(srv_ref, key, tag, count, ledger, seed, max_size, max_rcpts, deadline):
+    """Submit `count` messages with POST /v1/messages; acknowledged = 202."""
+    rng = random.Random(seed)
+    http = requests.Session()
+    i = 0
+    while i < count and time.monotonic() < deadline:
+        mid, rcpts, size = make_message(tag, i, rng, max_size, max_rcpts)
+        req = {"from": "app@src.test", "to": rcpts, "subject": f"rel {tag} {i}",
+               "text": body_text(size, rng), "headers": {"Message-ID": mid}}
+        ledger.attempt()
+        try:
+            r = http.post(srv_ref().api_url + "/v1/messages", json=req, timeout=30 * SLOW,
+                          headers={"Authorization": f"Bearer {key}"})
+            if r.status_code == 202:
+                ok = [x["email"] for x in r.json()["recipients"] if x.get("status") == "queued"]
+                ledger.ack(mid, ok)
+            else:
+                ledger.fail(f"http {r.status_code}")
+        except (OSError, requests.RequestException) as e:
+            ledger.fail(f"http {type(e).__name__}")
+            http = requests.Session()
+            time.sleep(0.05)
+        i += 1
+
+
+def wait_until(pred, timeout, what, interval=0.2):
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
+
+
+# ---- scenario 1: the kill loop --------------------------------------------------------------
+
+def kill_loop(tmp_path, messages, kills, max_size=1024 * 1024, max_rcpts=50, smtp_workers=4,
+              http_workers=4, interval=(0.0, 0.4), settle=120, seed=None):
+    """Submit `messages` over SMTP and HTTP concurrently while SIGKILLing
+    `posthaste serve` at random moments `kills` times (restarting it each
+    time), with delivery running to an aiosmtpd sink. Asserts that every
+    acknowledged (Message-ID, recipient) reaches the sink; returns figures."""
+    seed = seed if seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    log(f"kill loop: {messages} messages, {kills} kills, seed {seed}")
+    sink = Sink(os.path.join(str(tmp_path), "sink.jsonl")).start()
+    srv = RelServer(tmp_path / "srv", relay_sections(sink.port, max_connections_per_domain=8))
+    try:
+        srv.start_and_wait()
+        key = srv.create_key()
+        ledger = Ledger()
+        current = [srv]
+        workers = smtp_workers + http_workers
+        per = [messages // workers + (1 if k < messages % workers else 0) for k in range(workers)]
+        deadline = time.monotonic() + 3600
+        threads = []
+        for k in range(workers):
+            fn = smtp_worker if k < smtp_workers else http_worker
+            t = threading.Thread(target=fn, args=(lambda: current[0], key, f"w{k}", per[k], ledger,
+                                                  seed + k, max_size, max_rcpts, deadline), daemon=True)
+            threads.append(t)
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        done_kills = 0
+        acked_at_kill = []
+        # Random moments spread over the whole run: each kill waits for a
+        # random point of progress (submission attempts), then a random
+        # fraction of a second, so kills land in SMTP dialogues, HTTP
+        # requests, group commits and deliveries alike. If the clients
+        # finish first, the remaining kills hit deliveries in flight.
+        marks = sorted(rng.sample(range(1, max(messages * 9 // 10, kills + 1)), kills))
+        while done_kills < kills:
+            wait_until(lambda: ledger.attempts >= marks[done_kills] or
+                       not any(t.is_alive() for t in threads), 600, "submission progress", 0.01)
+            time.sleep(rng.uniform(*interval) * SLOW)
+            acked_at_kill.append(any(t.is_alive() for t in threads))
+            srv.sigkill()
+            done_kills += 1
+            srv.start_and_wait()
+        for t in threads:
+            t.join(timeout=600 * SLOW)
+            assert not t.is_alive(), "a client thread did not finish"
+        submit_secs = time.monotonic() - t0
+        want = ledger.pairs()
+        log(f"kill loop: {done_kills} kills in {submit_secs:.1f}s; {len(ledger.acked)} messages "
+            f"acknowledged ({len(want)} recipients) of {ledger.attempts} attempts; "
+            f"failures while down: {dict(ledger.failures)}")
+        assert len(ledger.acked) > 0, "nothing was acknowledged; the test proves nothing"
+        during = sum(1 for a in acked_at_kill if a)
+        assert during >= min(kills, 3) and ledger.failures, \
+            f"only {during} kills hit running submissions; the test proves too little"
+
+        def all_there():
+            have = sink.handler.snapshot()
+            return not [p for p in want if have.get(p, 0) == 0]
+        try:
+            wait_until(all_there, settle, "every acknowledged message at the receiver", interval=0.5)
+        except AssertionError:
+            have = sink.handler.snapshot()
+            lost = sorted(p for p in want if have.get(p, 0) == 0)
+            raise AssertionError(f"{len(lost)} acknowledged recipients LOST, e.g. {lost[:5]}; "
+                                 f"stats {srv.stats()}")
+        have = sink.handler.snapshot()
+        dups = sum(n - 1 for p, n in have.items() if p in want and n > 1)
+        rc, text, direct = srv.integrity()
+        assert rc == 0 and direct == "ok", (text, direct)
+        figures = {"seed": seed, "kills": done_kills, "kills_during_submission": during,
+                   "attempts": ledger.attempts,
+                   "acked_messages": len(ledger.acked), "acked_recipients": len(want), "lost": 0,
+                   "duplicates": dups, "duplicate_pct": round(100.0 * dups / len(want), 4),
+                   "submit_seconds": round(submit_secs, 1),
+                   "total_seconds": round(time.monotonic() - t0, 1)}
+        log(f"kill loop result: {figures}")
+        return figures
+    finally:
+        srv.kill()
+        sink.stop()
+
+
+# ---- scenario 2: disk full ------------------------------------------------------------------
+
+class Tmpfs:
+    """A tmpfs of `size` mounted at `path` by this test and unmounted by it."""
+
+    def __init__(self, path, size):
+        self.path = str(path)
+        self.size = size
+        self.mounted = False
+
+    def mount(self):
+        os.makedirs(self.path, exist_ok=True)
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0700", "tmpfs",
+                            self.path], capture_output=True, text=True)
+        if p.returncode != 0:
+            return p.stderr.strip() or f"mount exited {p.returncode}"
+        self.mounted = True
+        return None
+
+    def free(self):
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def umount(self):
+        if self.mounted:
+            if subprocess.run(["umount", self.path], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", self.path], capture_output=True)
+            self.mounted = False
+
+
+def fill(path, leave):
+    """Write a ballast file so that about `leave` bytes stay free."""
+    st = os.statvfs(os.path.dirname(path))
+    n = st.f_bavail * st.f_frsize - leave
+    with open(path, "wb") as f:
+        chunk = b"\0" * (1 << 20)
+        while n > 0:
+            f.write(chunk[:min(n, len(chunk))])
+            n -= len(chunk)
+    return os.path.getsize(path)
+
+
+def smtp_submit_one(srv, key, mid, rcpts, size, rng):
+    """(code, text) of DATA for one message over a fresh SMTP session."""
+    msg = (f"From: app@src.test\r\nTo: list@r.test\r\nSubject: disk\r\nMessage-ID: {mid}\r\n\r\n"
+           + body_text(size, rng)).encode()
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, timeout=30 * SLOW) as c:
+        c.ehlo("rel.test")
+        c.login("app", key)
+        c.mail("app@src.test")
+        for r in rcpts:
+            code, text = c.rcpt(r)
+            if code != 250:
+                return code, text.decode()
+        code, text = c.data(msg)
+        return code, text.decode()
+
+
+def http_submit_one(srv, key, mid, rcpts, size, rng):
+    req = {"from": "app@src.test", "to": rcpts, "subject": "disk", "text": body_text(size, rng),
+           "headers": {"Message-ID": mid}}
+    r = requests.post(srv.api_url + "/v1/messages", json=req, timeout=30 * SLOW,
+                      headers={"Authorization": f"Bearer {key}"})
+    return r.status_code, r.text
+
+
+def disk_full(tmp_path, fs_size="24m", leave=3 << 20, msg_size=48 * 1024, max_messages=400,
+              after=20):
+    """The spool on a small tmpfs; a ballast file leaves a few MB; SMTP and
+    HTTP load until the disk is full: 452 4.3.1 / 507, nothing acknowledged
+    lost, integrity_check ok; ballast removed: accepted and delivered again
+    by the same process. Returns figures, or a skip reason string."""
+    fs = Tmpfs(tmp_path / "disk", fs_size)
+    why = fs.mount()
+    if why:
+        return f"cannot mount a tmpfs here ({why})"
+    sink = Sink().start()
+    srv = None
+    rng = random.Random(7)
+    try:
+        srv = RelServer(tmp_path / "srv", relay_sections(sink.port))
+        srv.spool_dir = os.path.join(fs.path, "spool")
+        srv.sections["server"]["spool_dir"] = srv.spool_dir
+        srv.write_config()
+        srv.start_and_wait()
+        pid = srv.proc.pid
+        key = srv.create_key()
+        ballast = os.path.join(fs.path, "ballast")
+        fill(ballast, leave)
+        ledger = Ledger()
+        refusals = {"smtp": None, "http": None}
+        n = 0
+        # Alternate SMTP and HTTP until each has been refused for space.
+        while n < max_messages and not all(refusals.values()):
+            mid = f"<disk.{n}@rel.test>"
+            rcpts = [f"d{n}.{k}@r.test" for k in range(rng.randint(1, 3))]
+            via = "smtp" if n % 2 == 0 else "http"
+            if via == "smtp":
+                code, text = smtp_submit_one(srv, key, mid, rcpts, msg_size, rng)
+                ok, full = code == 250, code == 452
+            else:
+                code, text = http_submit_one(srv, key, mid, rcpts, msg_size, rng)
+                ok, full = code == 202, code == 507
+            if ok:
+                ledger.ack(mid, rcpts)
+            elif full:
+                refusals[via] = (code, text)
+            else:
+                raise AssertionError(f"{via} answered {code} {text!r} while filling the disk")
+            n += 1
+        assert all(refusals.values()), f"the disk never filled after {n} messages: {refusals}"
+        scode, stext = refusals["smtp"]
+        assert stext.startswith("4.3.1"), f"SMTP refusal is not 452 4.3.1: {scode} {stext}"
+        hbody = json.loads(refusals["http"][1])
+        assert "error" in hbody, hbody
+        log(f"disk full: {len(ledger.acked)} accepted before full, free {fs.free()} bytes; "
+            f"SMTP {scode} {stext!r}; HTTP 507 {hbody['error']}")
+        # The server is still alive and answering while full.
+        assert srv.proc.poll() is None
+        with smtplib.SMTP("127.0.0.1", srv.smtp_port, timeout=10 * SLOW) as c:
+            assert c.noop()[0] == 250
+        rc, text, direct = srv.integrity()
+        assert direct == "ok", f"integrity_check while full: {direct}"
+        # Free the space: the same process accepts and delivers again.
+        os.unlink(ballast)
+        for k in range(after):
+            mid = f"<after.{k}@rel.test>"
+            rcpts = [f"a{k}@r.test"]
+            if k % 2 == 0:
+                code, text = smtp_submit_one(srv, key, mid, rcpts, msg_size, rng)
+                assert code == 250, (code, text)
+            else:
+                code, text = http_submit_one(srv, key, mid, rcpts, msg_size, rng)
+                assert code == 202, (code, text)
+            ledger.ack(mid, rcpts)
+        want = ledger.pairs()
+        wait_until(lambda: not [p for p in want if sink.handler.snapshot().get(p, 0) == 0], 60,
+                   "every acknowledged message delivered after space was freed")
+        assert srv.proc.pid == pid and srv.proc.poll() is None, "the server restarted"
+        rc, text, direct = srv.integrity()
+        assert rc == 0 and direct == "ok", (text, direct)
+        figures = {"accepted_before_full": len(ledger.acked) - after, "smtp_refusal": f"{scode} {stext}",
+                   "http_refusal": 507, "accepted_after_free": after, "lost": 0, "integrity": direct}
+        log(f"disk full result: {figures}")
+        return figures
+    finally:
+        if srv:
+            srv.kill()
+        sink.stop()
+        fs.umount()
