@@ -46,8 +46,8 @@ int spool_list_filtered(spool *s, const spool_msg_filter *f, spool_message_cb cb
                 "SELECT m.uid FROM messages m WHERE (?1 = 0 OR m.id < ?1) "
                 "AND (?2 = 0 OR m.created_ms >= ?2) "
                 "AND (?3 < 0 OR EXISTS (SELECT 1 FROM recipients r WHERE r.msg = m.id AND r.state = ?3)) "
-                "AND (?4 IS NULL OR EXISTS (SELECT 1 FROM recipients r WHERE r.msg = m.id "
-                "     AND r.addr = ?4 COLLATE NOCASE)) "
+                "AND (?4 IS NULL OR m.id IN (SELECT r.msg FROM recipients r "
+                "     WHERE r.addr = ?4 COLLATE NOCASE)) "
                 "AND (?5 IS NULL OR (json_valid(m.meta) AND EXISTS (SELECT 1 FROM "
                 "     json_each(m.meta, '$.tags') t WHERE t.value = ?5))) "
                 "ORDER BY m.id DESC LIMIT ?6",

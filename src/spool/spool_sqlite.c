@@ -132,6 +132,14 @@ static const char *const migrations[] = {
     "  healthy INTEGER NOT NULL DEFAULT 1);"
     "CREATE INDEX events_type ON events(type, id);"
     "CREATE INDEX messages_created ON messages(created_ms);",
+
+    /* 3: API lookups. GET /v1/messages?recipient= matches case-insensitively,
+       [api] recipients_per_day counts one key's recent messages, and
+       GET /v1/events?since= starts from a time; each gets an index so its
+       cost follows the rows returned, not the history kept. */
+    "CREATE INDEX rcpt_addr_nocase ON recipients(addr COLLATE NOCASE);"
+    "CREATE INDEX messages_key_created ON messages(key_id, created_ms);"
+    "CREATE INDEX events_ts ON events(ts_ms);",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
