@@ -107,9 +107,9 @@ struct smtps {
     SSL_CTX *tls;
     struct evconnlistener *lis[2];
     listener_ctx lctx[2];
-    TAILQ_HEAD(, session) sessions;
+    TAILQ_HEAD(session_list, session) sessions;
     size_t nsessions;
-    LIST_HEAD(, peer) peers;
+    LIST_HEAD(peer_list, peer) peers;
     limits lim;
     int allow_plain_auth;
 };
@@ -1326,7 +1326,8 @@ static void component_drain(server *srv)
         return;
     close_listeners(sm);
     session *s;
-    TAILQ_FOREACH(s, &sm->sessions, link) { /* session_close never frees at once */
+    /* session_close never frees at once, so the walk stays valid */
+    for (s = TAILQ_FIRST(&sm->sessions); s; s = TAILQ_NEXT(s, link)) {
         if ((s->state == SS_CMD || s->state == SS_AUTH) && !s->in_tx) {
             reply(s, "421 4.3.2 %s Service shutting down", srv->cfg->hostname);
             session_close(s);
@@ -1341,7 +1342,7 @@ static size_t component_busy(server *srv)
     session *s;
     if (!sm)
         return 0;
-    TAILQ_FOREACH(s, &sm->sessions, link) {
+    for (s = TAILQ_FIRST(&sm->sessions); s; s = TAILQ_NEXT(s, link)) {
         n += s->in_tx || s->submitting || s->state == SS_CLOSING;
     }
     return n;
