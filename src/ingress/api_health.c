@@ -3,11 +3,15 @@
  * spool takes a write within [api] ready_max_commit and the server is not
  * draining). /readyz runs a real, empty write transaction through the
  * group commit, so a full disk, a stuck writer or a locked database shows.
+ * GET /metrics (scope read) renders the outcome component's registry in
+ * the Prometheus text format.
  */
 #include "ingress/http_api.h"
 
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/mem.h"
+#include "outcome/metrics.h"
 
 #include <stdlib.h>
 
@@ -57,4 +61,23 @@ void api_readyz(api_req *r)
         free(j);
         api_error(r, 503, "not_ready", NULL, "the spool is closed");
     }
+}
+
+#define METRICS_TEXT_MAX (4 * 1024 * 1024)
+
+void api_metrics(api_req *r)
+{
+    if (!r->srv->metrics) {
+        api_error(r, 503, "unavailable", NULL, "metrics are not collected by this server");
+        return;
+    }
+    buf out;
+    buf_init(&out, METRICS_TEXT_MAX);
+    if (metrics_render(r->srv->metrics, &out)) {
+        buf_free(&out);
+        api_error(r, 503, "unavailable", NULL, "metrics exposition larger than %d bytes", METRICS_TEXT_MAX);
+        return;
+    }
+    api_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", buf_cstr(&out), out.len);
+    buf_free(&out);
 }

@@ -5,6 +5,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/tls.h"
+#include "outcome/outcome.h"
 #include "core/mem.h"
 #include "submit/address.h"
 #include "submit/keys.h"
@@ -90,6 +91,10 @@ static const api_route routes[] = {
     {EVHTTP_REQ_GET, "/v1/events", KEY_SCOPE_READ, 0, api_events_list},
     {EVHTTP_REQ_GET, "/v1/suppressions", KEY_SCOPE_READ, 0, api_suppressions_list},
     {EVHTTP_REQ_POST, "/v1/suppressions", KEY_SCOPE_ADMIN, R_JSON, api_suppressions_add},
+    {EVHTTP_REQ_GET, "/metrics", KEY_SCOPE_READ, 0, api_metrics},
+    {EVHTTP_REQ_POST, "/v1/webhooks", KEY_SCOPE_ADMIN, R_JSON, api_webhooks_create},
+    {EVHTTP_REQ_GET, "/v1/webhooks", KEY_SCOPE_ADMIN, 0, api_webhooks_list},
+    {EVHTTP_REQ_DELETE, "/v1/webhooks/", KEY_SCOPE_ADMIN, R_PARAM, api_webhooks_delete},
     {EVHTTP_REQ_GET, "/v1/messages/", KEY_SCOPE_READ, R_PARAM, api_messages_get},
     {EVHTTP_REQ_DELETE, "/v1/messages/", KEY_SCOPE_SEND, R_PARAM, api_messages_cancel},
     {EVHTTP_REQ_GET, "/v1/suppressions/", KEY_SCOPE_READ, R_PARAM, api_suppressions_get},
@@ -134,10 +139,23 @@ static void idem_release(api *a, const api_req *r)
     }
 }
 
+static void send_typed(api_req *r, int status, const char *type, const char *text, size_t len);
+
 static void send_text(api_req *r, int status, const char *text, size_t len)
 {
+    send_typed(r, status, "application/json; charset=utf-8", text, len);
+}
+
+void api_reply_text(api_req *r, int status, const char *content_type, const char *text, size_t len)
+{
+    send_typed(r, status, content_type, text, len);
+    req_free(r);
+}
+
+static void send_typed(api_req *r, int status, const char *type, const char *text, size_t len)
+{
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
-    evhttp_add_header(h, "Content-Type", "application/json; charset=utf-8");
+    evhttp_add_header(h, "Content-Type", type);
     evhttp_add_header(h, "Cache-Control", "no-store");
     struct evbuffer *out = evbuffer_new();
     if (text)
@@ -204,6 +222,9 @@ static void verror(api_req *r, int status, const char *code, const char *field, 
 {
     char msg[ERR_MSG_MAX];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    /* Refused submissions are counted by reason (a fixed set of codes). */
+    if (r->method == EVHTTP_REQ_POST && r->path && strncmp(r->path, "/v1/messages", 12) == 0)
+        outcome_count(r->srv->metrics, M_REJECTED, code, 1);
     api_reply(r, status, error_body(code, field, msg));
 }
 
@@ -468,6 +489,7 @@ static int authenticate(api_req *r, int scope)
 {
     const char *auth = evhttp_find_header(evhttp_request_get_input_headers(r->req), "Authorization");
     if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) {
+        outcome_count(r->srv->metrics, M_AUTH_FAILURES, "api", 1);
         evhttp_add_header(evhttp_request_get_output_headers(r->req), "WWW-Authenticate", "Bearer");
         api_error(r, 401, "unauthorized", "Authorization", "missing 'Authorization: Bearer <API key>'");
         return -1;
@@ -482,6 +504,7 @@ static int authenticate(api_req *r, int scope)
         return -1;
     }
     if (!ok) {
+        outcome_count(r->srv->metrics, M_AUTH_FAILURES, "api", 1);
         evhttp_add_header(evhttp_request_get_output_headers(r->req), "WWW-Authenticate", "Bearer error=\"invalid_token\"");
         api_error(r, 401, "unauthorized", "Authorization", "the API key is not valid or was revoked");
         return -1;

@@ -104,6 +104,13 @@ void api_suppressions_add(api_req *r);
 void api_suppressions_delete(api_req *r);
 void api_healthz(api_req *r);
 void api_readyz(api_req *r);
+void api_metrics(api_req *r);
+void api_webhooks_create(api_req *r); /* api_webhooks.c (outcome/webhooks) */
+void api_webhooks_list(api_req *r);
+void api_webhooks_delete(api_req *r);
+
+/* Send a non-JSON body (text/plain metrics) and free r. */
+void api_reply_text(api_req *r, int status, const char *content_type, const char *text, size_t len);
 
 /* `serve` component: evhttp on srv->base, state in srv->api. */
 extern const server_component api_component;

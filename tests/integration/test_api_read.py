@@ -196,3 +196,15 @@ def test_https_listener(make_server):
     except requests.exceptions.RequestException:
         plain_ok = False
     assert not plain_ok
+
+
+def test_metrics_route_counts_api_refusals(api):
+    r = requests.get(api.url + "/metrics")
+    assert r.status_code == 401  # scope read needed
+    api.post("/v1/messages", {"from": "a@example.com"}, key="ph_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    api.send(to="bad@@example.org")
+    r = api.get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = r.text
+    assert 'posthaste_auth_failures_total{ingress="api"} 2' in text  # no key, then a bad key
+    assert 'posthaste_rejected_total{reason="invalid_field"} 1' in text
