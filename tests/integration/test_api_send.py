@@ -257,3 +257,47 @@ def test_every_202_survives_kill_9(api):
     out = json.loads(api.srv.cli("queue", "list", "--limit", "1000", "--json").stdout)
     stored = {m["id"] for m in (out if isinstance(out, list) else out.get("messages", out.get("data", [])))}
     assert set(acked) <= stored
+
+
+def test_sigterm_finishes_in_flight_requests_and_stops_accepting(make_server):
+    """While a submission waits for its commit (the spool is locked by
+    another process), SIGTERM closes the listener but the server waits for
+    that request: it gets its 202, and the message is in the spool."""
+    import signal
+    import sqlite3
+    import threading
+    import time
+    import requests
+    from api_support import Api
+    srv = make_server({"spool": {"busy_timeout": "10s"}})
+    a = Api(srv, srv.create_key())
+    db = sqlite3.connect(f"{srv.spool_dir}/spool.db", timeout=1, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    result = {}
+
+    def post():
+        result["r"] = requests.post(a.url + "/v1/messages", timeout=30, headers={"Authorization": f"Bearer {a.key}"},
+                                    json={"from": "app@example.com", "to": "late@example.org", "text": "x"})
+
+    t = threading.Thread(target=post)
+    t.start()
+    try:
+        time.sleep(0.5)
+        assert "r" not in result  # waiting for the commit
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert srv.proc.poll() is None, "server exited with a request in flight"
+        refused = False
+        try:
+            requests.get(a.url + "/healthz", timeout=2)
+        except requests.exceptions.ConnectionError:
+            refused = True
+        assert refused, "the listener still accepts after SIGTERM"
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    t.join(30)
+    assert result["r"].status_code == 202, result["r"].text
+    assert srv.proc.wait(timeout=20) == 0
+    msg_id = result["r"].json()["id"]
+    assert msg_id in srv.cli("queue", "show", msg_id).stdout
