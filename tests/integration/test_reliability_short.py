@@ -23,3 +23,8 @@ def test_disk_full_short(tmp_path):
     f = h.disk_full(tmp_path, fs_size="16m", leave=2 << 20, msg_size=32 * 1024, after=6)
     if isinstance(f, str):
         pytest.skip(f)
+
+
+def test_receiver_faults_short(tmp_path):
+    """One round of every receiver fault; final states and reasons checked."""
+    h.receiver_faults(tmp_path, rounds=1)

@@ -26,3 +26,9 @@ def test_disk_full(tmp_path):
     f = h.disk_full(tmp_path, fs_size="64m", leave=8 << 20, max_messages=2000, after=100)
     if isinstance(f, str):
         pytest.skip(f)
+
+
+def test_receiver_faults(tmp_path):
+    """20 rounds of 421/451/452/550/552/554, drops, stalls, TLS handshake
+    deaths: every recipient in its right final state, with its reason."""
+    h.receiver_faults(tmp_path, rounds=20)
