@@ -285,8 +285,14 @@ static int add_recipients(GMimeMessage *msg, const json_t *req, const char *key,
 
 static GMimeObject *text_part(const char *subtype, const char *text)
 {
+    /* The bytes stay UTF-8 as given (g_mime_text_part_set_text would
+       recode to the "best" charset, e.g. ISO-8859-1). */
     GMimeTextPart *tp = g_mime_text_part_new_with_subtype(subtype);
-    g_mime_text_part_set_text(tp, text);
+    GMimeStream *stream = g_mime_stream_mem_new_with_buffer(text, strlen(text));
+    GMimeDataWrapper *w = g_mime_data_wrapper_new_with_stream(stream, GMIME_CONTENT_ENCODING_DEFAULT);
+    g_mime_part_set_content(GMIME_PART(tp), w);
+    g_object_unref(w);
+    g_object_unref(stream);
     g_mime_text_part_set_charset(tp, "utf-8");
     /* 7bit when it fits, else quoted-printable for mostly-ASCII, base64 otherwise. */
     GMimeContentEncoding enc =

@@ -301,3 +301,15 @@ def test_sigterm_finishes_in_flight_requests_and_stops_accepting(make_server):
     assert srv.proc.wait(timeout=20) == 0
     msg_id = result["r"].json()["id"]
     assert msg_id in srv.cli("queue", "show", msg_id).stdout
+
+
+def test_long_lines_and_8bit_text_are_encoded_to_fit_smtp(api):
+    r = api.send(text="a" * 3000 + "\n" + "ü" * 10, html="<p>" + "b" * 3000 + "</p>")
+    assert r.status_code == 202, r.text
+    raw = raw_of(api.srv, r.json()["id"])
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert all(b < 0x80 for b in raw), "8-bit bytes in a message built by the API"
+    text, html = parse(raw).get_payload()
+    # text is in canonical form (CRLF line breaks) before base64, per RFC 2045
+    assert text.get_content().replace("\r\n", "\n") == "a" * 3000 + "\n" + "ü" * 10
+    assert html.get_content() == "<p>" + "b" * 3000 + "</p>"
