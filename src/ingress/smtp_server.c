@@ -194,12 +194,16 @@ static void reply(session *s, const char *fmt, ...)
     evbuffer_add(out, "\r\n", 2);
 }
 
-/* Error text for a reply: bounded, one line, printable. */
+/* Error text for a reply: bounded, one line, printable ASCII. Messages may
+   quote client input, which must neither break the reply line nor put
+   invalid UTF-8 into a JSON log line. */
 static const char *clean(const char *msg, char *out, size_t n)
 {
     size_t i = 0;
-    for (; msg[i] && i + 1 < n && i < REPLY_TEXT_MAX; i++)
-        out[i] = (unsigned char)msg[i] < 0x20 || msg[i] == 0x7f ? '?' : msg[i];
+    for (; msg[i] && i + 1 < n && i < REPLY_TEXT_MAX; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        out[i] = c < 0x20 || c >= 0x7f ? '?' : (char)c;
+    }
     out[i] = '\0';
     return out;
 }
@@ -207,8 +211,9 @@ static const char *clean(const char *msg, char *out, size_t n)
 static void reply_err(session *s, const char *code, const err *e)
 {
     char text[REPLY_TEXT_MAX + 1];
-    reply(s, "%s %s", code, clean(e->msg, text, sizeof text));
-    log_ev(LOG_INFO, "smtp_reject", "{s:s,s:s,s:s}", "ip", s->ip, "reply", code, "reason", e->msg);
+    clean(e->msg, text, sizeof text);
+    reply(s, "%s %s", code, text);
+    log_ev(LOG_INFO, "smtp_reject", "{s:s,s:s,s:s}", "ip", s->ip, "reply", code, "reason", text);
 }
 
 /* The submit pipeline's error classes as replies (submit.h). */
@@ -509,6 +514,8 @@ static void auth_done(session *s)
 static void on_auth_delay(evutil_socket_t fd, short what, void *arg)
 {
     session *s = arg;
+    if (s->state == SS_CLOSING) /* the session limit struck meanwhile */
+        return;
     reply(s, "535 5.7.8 Authentication credentials invalid");
     auth_done(s);
     arm_idle(s);
@@ -819,6 +826,7 @@ static void on_submitted(void *arg, const submit_result *res, const err *e)
         free(s);
         return;
     }
+    int closing = s->state == SS_CLOSING; /* the session limit struck meanwhile */
     if (e) {
         reply_err(s, code_for(e->code), e);
     } else {
@@ -829,6 +837,8 @@ static void on_submitted(void *arg, const submit_result *res, const err *e)
                s->key.id, "rcpts", (int)res->nrcpts, "suppressed", (int)nsup);
         reply(s, "250 2.0.0 Ok: queued as %s", res->id);
     }
+    if (closing)
+        return;
     after_transaction(s);
     if (s->state == SS_CMD)
         process(s);
