@@ -918,6 +918,13 @@ static int component_start(server *srv, err *e)
     return 0;
 }
 
+void delivery_kick(server *srv)
+{
+    delivery *dv = srv ? srv->delivery : NULL;
+    if (dv && dv->tick && !dv->paused && !dv->draining)
+        event_active(dv->tick, EV_TIMEOUT, 0);
+}
+
 static void component_drain(server *srv)
 {
     delivery *dv = srv->delivery;

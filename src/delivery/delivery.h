@@ -35,6 +35,12 @@
 #define PH_DELIVERY_DELIVERY_H
 
 struct server_component;
+struct server;
 extern const struct server_component delivery_component;
+
+/* Look for due recipients now instead of at the next scheduler_interval
+   tick (for ingress, right after a submission is committed). Safe to call
+   at any time on the loop; does nothing while paused or draining. */
+void delivery_kick(struct server *srv);
 
 #endif

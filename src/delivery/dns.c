@@ -5,6 +5,7 @@
 #include "core/mem.h"
 
 #include <ares.h>
+#include <idn2.h>
 #include <arpa/nameser.h>
 #include <event2/event.h>
 #include <netdb.h>
@@ -344,13 +345,36 @@ static lookup *lookup_new(dns *d, dns_cb cb, void *arg)
     return l;
 }
 
+/* DNS speaks A-labels: an internationalised domain (SMTPUTF8 mail) is
+   converted with libidn2 (IDNA 2008) before it is looked up. */
+static char *a_label(const char *name)
+{
+    int ascii = 1;
+    for (const char *p = name; *p; p++)
+        ascii &= (unsigned char)*p < 0x80;
+    if (ascii)
+        return xstrdup(name);
+    char *out = NULL;
+    if (idn2_to_ascii_8z(name, &out, IDN2_NONTRANSITIONAL) != IDN2_OK)
+        return NULL;
+    char *copy = xstrdup(out);
+    idn2_free(out);
+    return copy;
+}
+
 void dns_mx(dns *d, const char *domain, dns_cb cb, void *arg)
 {
     lookup *l = lookup_new(d, cb, arg);
+    char *ace = a_label(domain);
+    if (!ace) {
+        snprintf(l->res->msg, sizeof l->res->msg, "domain %s is not a valid IDNA 2008 name", domain);
+        fail(l, DNS_NOTFOUND);
+        return;
+    }
     mx_req *q = xcalloc(1, sizeof *q);
     q->l = l;
-    q->domain = xstrdup(domain);
-    ares_query(d->ch, domain, C_IN, T_MX, on_mx, q);
+    q->domain = ace;
+    ares_query(d->ch, ace, C_IN, T_MX, on_mx, q);
     schedule_timer(d);
 }
 
@@ -358,6 +382,8 @@ void dns_addrs(dns *d, const char *host, dns_cb cb, void *arg)
 {
     lookup *l = lookup_new(d, cb, arg);
     l->fallback = 1;
-    add_host(l->res, host, 0);
+    char *ace = a_label(host);
+    add_host(l->res, ace ? ace : host, 0);
+    free(ace);
     resolve_hosts(l);
 }

@@ -7,6 +7,7 @@
  * back to the domain's own A/AAAA records when it has no MX, recognises a
  * null MX (RFC 7505: one record "0 .") and resolves every exchange to its
  * addresses. dns_addrs() resolves one host name (a relay) the same way.
+ * Internationalised names are looked up as A-labels (libidn2).
  * The answer is a dns_result the caller owns and frees.
  *
  * Outcomes: DNS_OK (hosts with at least one address), DNS_NULLMX and

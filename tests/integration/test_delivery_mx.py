@@ -38,6 +38,7 @@ def net():
         "--mx-host=null.test,.,0",
         "--mx-host=deadonly.test,mx.deadonly.test,10", f"--host-record=mx.deadonly.test,{ips['dead']}",
         "--mx-host=src.test,mx.src.test,10", f"--host-record=mx.src.test,{ips['src']}",
+        f"--host-record=xn--bcher-kva.test,{ips['src']}",
     ]).start()
     sink = Sink()
     ctl = Controller(sink, hostname=ips["good"], port=port)
@@ -127,3 +128,12 @@ def test_unreachable_mx_defers_with_backoff(make_server, net):
     assert "next_attempt" in evs[0]["data"]
     r = msg["recipients"][0]
     assert r["state"] in ("deferred", "queued") and r["attempts"] >= 2
+
+
+def test_internationalised_domain_is_looked_up_as_an_a_label(make_server, net):
+    """bücher.test exists in DNS only as xn--bcher-kva.test (IDNA 2008)."""
+    srv = make_server(delivery_sections(net["dns"].server, net["port"]))
+    [i] = submit(srv, 1, "app@src.test", ["user@bücher.test"])
+    wait_states(srv, i, {"user@bücher.test": "delivered"})
+    m = net["ndr"].messages[0]
+    assert m.rcpts == ["user@bücher.test"] and "SMTPUTF8" in m.params
