@@ -28,3 +28,10 @@ def test_disk_full_short(tmp_path):
 def test_receiver_faults_short(tmp_path):
     """One round of every receiver fault; final states and reasons checked."""
     h.receiver_faults(tmp_path, rounds=1)
+
+
+def test_resource_exhaustion_short(tmp_path):
+    """1,000 idle connections, 50 slowloris senders, 10 non-readers."""
+    f = h.resource_exhaustion(tmp_path, idle=1000, loris=50, readers=10)
+    if isinstance(f, str):
+        pytest.skip(f)

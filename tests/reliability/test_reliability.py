@@ -32,3 +32,11 @@ def test_receiver_faults(tmp_path):
     """20 rounds of 421/451/452/550/552/554, drops, stalls, TLS handshake
     deaths: every recipient in its right final state, with its reason."""
     h.receiver_faults(tmp_path, rounds=20)
+
+
+def test_resource_exhaustion(tmp_path):
+    """10,000 idle connections held, 200 slowloris senders, 20 clients that
+    never read: legitimate clients answered within 1 s, RSS bounded."""
+    f = h.resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20)
+    if isinstance(f, str):
+        pytest.skip(f)
