@@ -35,3 +35,8 @@ def test_resource_exhaustion_short(tmp_path):
     f = h.resource_exhaustion(tmp_path, idle=1000, loris=50, readers=10)
     if isinstance(f, str):
         pytest.skip(f)
+
+
+def test_bad_tls_short(tmp_path):
+    """The bad-TLS scenario is already small: the same run as the full profile."""
+    h.bad_tls(tmp_path)

@@ -40,3 +40,9 @@ def test_resource_exhaustion(tmp_path):
     f = h.resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20)
     if isinstance(f, str):
         pytest.skip(f)
+
+
+def test_bad_tls(tmp_path):
+    """verify: expired / self-signed / wrong-host / TLS 1.0-1.1-only
+    receivers deferred with their reason; old clients refused as server."""
+    h.bad_tls(tmp_path)
