@@ -303,6 +303,8 @@ static void dest_free(dest *d)
         if (k->job)
             job_release(d->dv, k->job);
         spool_message_free(&k->msg);
+        for (size_t i = 0; k->txn.results && i < k->txn.nrcpts; i++)
+            smtpc_result_clear(&k->txn.results[i]);
         free(k->txn.results);
         if (k->idle)
             event_free(k->idle);

@@ -834,7 +834,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         arm(c, c->o.t_data_term); /* the body is out: wait for the final reply */
 }
 
-static void describe_error(smtpc_conn *c, short what, char *why, size_t n)
+static void describe_error(smtpc_conn *c, short what, int sockerr, char *why, size_t n)
 {
     unsigned long ssl_err = c->bev ? bufferevent_get_openssl_error(c->bev) : 0;
     SSL *ssl = c->bev ? bufferevent_openssl_get_ssl(c->bev) : NULL;
@@ -846,7 +846,7 @@ static void describe_error(smtpc_conn *c, short what, char *why, size_t n)
     else if (what & BEV_EVENT_EOF)
         snprintf(why, n, "connection closed by the server");
     else
-        snprintf(why, n, "connection error: %s", strerror(EVUTIL_SOCKET_ERROR()));
+        snprintf(why, n, "connection error: %s", strerror(sockerr));
 }
 
 static const char *phase_name(enum state s)
@@ -874,6 +874,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         arm(c, c->o.t_greeting);
         return;
     }
+    int sockerr = EVUTIL_SOCKET_ERROR(); /* before anything else can change errno */
     if (c->state == S_QUITTING) {
         quit_done(c);
         return;
@@ -882,9 +883,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_TIMEOUT)
         snprintf(why, sizeof why, "timed out sending the message body");
     else
-        describe_error(c, what, why, sizeof why);
+        describe_error(c, what, sockerr, why, sizeof why);
     snprintf(text, sizeof text, "%s %s", why, phase_name(c->state));
-    int refused = c->state == S_CONNECTING && EVUTIL_SOCKET_ERROR() == ECONNREFUSED;
+    int refused = c->state == S_CONNECTING && sockerr == ECONNREFUSED;
     switch (c->state) {
     case S_TXN:
     case S_BODY:
