@@ -38,7 +38,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELP_SRC := $(wildcard tests/helpers/*.c)
 HELP_BIN := $(HELP_SRC:tests/helpers/%.c=$(BUILD)/helpers/%)
 
-.PHONY: all deps run test test-unit test-integration test-asan test-reliability fuzz fuzz-bins clean lint format
+.PHONY: all deps run test test-unit test-integration test-asan test-reliability test-valgrind fuzz fuzz-bins clean lint format
 
 all: deps posthaste
 
@@ -104,6 +104,11 @@ test-unit-asan: $(UNIT_BIN) $(BUILD)/posthaste $(HELP_BIN)
 test-reliability: posthaste $(HELP_BIN)
 	POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
 	  $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/reliability
+
+# 1,000 messages through `posthaste serve` under valgrind: no definite or indirect leak.
+test-valgrind: posthaste $(HELP_BIN)
+	POSTHASTE_BIN=$(CURDIR)/$(BUILD)/posthaste POSTHASTE_HELPERS=$(CURDIR)/$(BUILD)/helpers \
+	  $(PYTHON) -m pytest -q -s -p no:cacheprovider tests/reliability/test_leaks.py
 
 # libFuzzer targets (clang), ASan+UBSan, each run FUZZ_SECONDS on its seed corpus.
 FUZZ_SECONDS ?= 60

@@ -40,3 +40,10 @@ def test_resource_exhaustion_short(tmp_path):
 def test_bad_tls_short(tmp_path):
     """The bad-TLS scenario is already small: the same run as the full profile."""
     h.bad_tls(tmp_path)
+
+
+def test_leak_run_short(tmp_path):
+    """200 messages, SIGTERM, clean exit; under make test-asan LeakSanitizer
+    checks the exit (make test-valgrind runs 1,000 under valgrind)."""
+    f = h.leak_run(tmp_path, messages=200)
+    assert f["exit"] == 0

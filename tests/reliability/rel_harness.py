@@ -116,6 +116,15 @@ class RelServer(Server):
         os.makedirs(str(tmpdir), exist_ok=True)
         super().__init__(tmpdir, base)
         self.starts = 0
+        self.wrapper = []  # e.g. valgrind and its options
+
+    def start(self, wait_ready=True):
+        if not self.wrapper:
+            return super().start(wait_ready)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([*self.wrapper, BIN, "serve", "-c", self.config],
+                                     stdout=self.log, stderr=self.log)
+        return self
 
     def _seen_since(self, offset, event):
         needle = f'"event":"{event}"'.encode()
@@ -1070,3 +1079,60 @@ def refuse_old_clients(srv):
         except (ssl.SSLError, ConnectionError) as e:
             out["starttls"] = str(e)[:120]
     return out
+
+
+# ---- leaks: a 1,000-message run under valgrind or LeakSanitizer -----------------------------
+
+def leak_run(tmp_path, messages=1000, valgrind=False):
+    """Submit `messages` (half SMTP, half HTTP, with delivery to a sink),
+    stop with SIGTERM and require a clean exit with no leak reported: by
+    valgrind (definite and indirect leaks are errors) when `valgrind`, else
+    by LeakSanitizer when the binary is an ASan build (make test-asan)."""
+    sink = Sink().start()
+    srv = RelServer(tmp_path / "srv", relay_sections(sink.port))
+    vg_log = os.path.join(str(tmp_path), "valgrind.log")
+    if valgrind:
+        srv.wrapper = ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+                       "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+                       "--num-callers=30", f"--log-file={vg_log}"]
+    slow = 30 if valgrind else 1
+    try:
+        srv.start_and_wait(timeout=20 * slow)
+        key = srv.create_key()
+        ledger = Ledger()
+        deadline = time.monotonic() + 1800
+        half = messages // 2
+        ts = [threading.Thread(target=smtp_worker, args=(lambda: srv, key, "leak-s", half, ledger, 1,
+                                                         64 * 1024, 5, deadline)),
+              threading.Thread(target=http_worker, args=(lambda: srv, key, "leak-h", messages - half,
+                                                         ledger, 2, 64 * 1024, 5, deadline))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(ledger.acked) == messages, f"only {len(ledger.acked)} accepted: {dict(ledger.failures)}"
+        want = ledger.pairs()
+        wait_until(lambda: not [p for p in want if sink.handler.snapshot().get(p, 0) == 0],
+                   60 * slow, "every message delivered", 0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        rc = srv.proc.wait(timeout=120 * slow * SLOW)
+        srv.log.close()
+        text = srv.tail(20000)
+        assert "LeakSanitizer" not in text and "AddressSanitizer" not in text, text[-6000:]
+        summary = ""
+        if valgrind:
+            with open(vg_log, errors="replace") as f:
+                vg = f.read()
+            summary = "\n".join(line.split("== ", 1)[-1] for line in vg.splitlines()
+                                if "lost:" in line or "ERROR SUMMARY" in line)
+            assert rc == 0, f"valgrind exit {rc}:\n{vg[-8000:]}"
+            assert re.search(r"definitely lost: 0 bytes|All heap blocks were freed", vg), vg[-8000:]
+        assert rc == 0, f"server exit {rc}:\n{text[-4000:]}"
+        figures = {"messages": messages, "delivered_recipients": len(want), "exit": rc,
+                   "checker": "valgrind" if valgrind else ("LeakSanitizer" if ASAN else "none (plain build)"),
+                   "summary": summary}
+        log(f"leak run result: {figures}")
+        return figures
+    finally:
+        srv.kill()
+        sink.stop()
