@@ -128,6 +128,8 @@ def test_unreachable_mx_defers_with_backoff(make_server, net):
     assert "next_attempt" in evs[0]["data"]
     r = msg["recipients"][0]
     assert r["state"] in ("deferred", "queued") and r["attempts"] >= 2
+    # A refused connection halves the destination's concurrency for a while.
+    assert srv.wait_log("concurrency_reduced")["destination"] == "mx:deadonly.test"
 
 
 def test_internationalised_domain_is_looked_up_as_an_a_label(make_server, net):
@@ -137,3 +139,13 @@ def test_internationalised_domain_is_looked_up_as_an_a_label(make_server, net):
     wait_states(srv, i, {"user@bücher.test": "delivered"})
     m = net["ndr"].messages[0]
     assert m.rcpts == ["user@bücher.test"] and "SMTPUTF8" in m.params
+
+
+def test_dns_failure_defers(make_server, net):
+    """No answer from the resolver is a temporary failure, never a bounce."""
+    dead_dns = net["ips"]["dead"] + ":" + str(free_port_on([net["ips"]["dead"]]))
+    srv = make_server(delivery_sections(dead_dns, net["port"], dns_timeout="400ms", retry_schedule="1h"))
+    [i] = submit(srv, 1, "app@src.test", ["a@two.test"])
+    msg = wait_states(srv, i, {"a@two.test": "deferred"})
+    ev = events_of(msg, "deferred")[0]["data"]
+    assert "MX lookup for two.test failed" in ev["reply"] and ev["code"] == 0
