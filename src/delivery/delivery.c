@@ -192,8 +192,10 @@ static int apply_settings(delivery *dv, const config *cfg, err *e)
     dv->max_total = (int)cfg->max_connections_total;
     dv->scan_batch = (int)cfg->scan_batch;
     dv->max_rcpts = (int)cfg->max_rcpts_per_txn;
-    free(dv->helo);
-    dv->helo = xstrdup(cfg->hostname);
+    /* Open sessions keep a pointer to the EHLO name: it is set once (a
+       new hostname needs a restart, like the listeners). */
+    if (!dv->helo)
+        dv->helo = xstrdup(cfg->hostname);
     dv->so = (smtpc_opts){
         .helo = dv->helo,
         .t_connect = cfg->timeout_connect,
