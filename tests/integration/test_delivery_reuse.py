@@ -111,3 +111,18 @@ def test_sigterm_lets_the_transaction_in_progress_finish(env):
     from delivery_receivers import rcpt_states
     assert rcpt_states(srv, i) == {"u@r.test": "delivered"}
     assert not any("LeakSanitizer" in str(line.get("text", "")) for line in srv.logs())
+
+
+def test_paused_queues_but_sends_nothing_until_unpaused_by_sighup(env):
+    import signal as sig
+    rx = env.receiver()
+    srv = env.server(paused="yes")
+    [i] = submit(srv, 1, "app@src.test", ["u@r.test"])
+    time.sleep(0.8)  # eight scheduler intervals
+    assert rx.connections == 0
+    from delivery_receivers import rcpt_states
+    assert rcpt_states(srv, i) == {"u@r.test": "queued"}
+    srv.sections["delivery"]["paused"] = "no"
+    srv.write_config()
+    srv.signal(sig.SIGHUP)
+    wait_for(lambda: rx.messages, 10, "delivery after SIGHUP")
