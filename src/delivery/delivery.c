@@ -22,6 +22,7 @@
 
 #define MAX_SCHEDULE 32
 #define MAX_TARGETS 32
+#define SCAN_PAGES 8 /* keyset pages read per scheduler tick, at most */
 
 /* ---- the in-flight set: open addressing over recipient ids (ids > 0) ---- */
 
@@ -128,6 +129,7 @@ struct dest {
     char domain[256];
     struct jobq jobs;
     size_t njobs;
+    size_t nqueued;      /* recipients in those jobs */
     LIST_HEAD(, conn) conns;
     int nconns, nconnecting;
     int64_t penalty_until;
@@ -264,6 +266,7 @@ static job *job_pop(dest *d)
     if (j) {
         TAILQ_REMOVE(&d->jobs, j, link);
         d->njobs--;
+        d->nqueued -= j->n;
         d->dv->queued -= j->n;
     }
     return j;
@@ -847,6 +850,12 @@ static void on_due(void *arg, const spool_rcpt *r)
     if (route_for(dv->srv->cfg, r->domain, &rt, &e))
         return; /* checked at start-up; cannot happen */
     dest *d = dest_get(dv, &rt, r->domain);
+    /* Fairness: one slow destination may hold at most a quarter of the
+       in-memory queue, so mail for other destinations further along the
+       scan still gets in. Skipped rows stay due and come back later. */
+    size_t cap = dv->scan_batch / 4 > 0 ? (size_t)dv->scan_batch / 4 : 1;
+    if (d->nqueued >= cap)
+        return;
     job *j = TAILQ_LAST(&d->jobs, jobq);
     if (!j || strcmp(j->msg_id, r->msg_id) != 0 || j->n >= (size_t)dv->max_rcpts) {
         j = xcalloc(1, sizeof *j);
@@ -856,6 +865,7 @@ static void on_due(void *arg, const spool_rcpt *r)
     }
     job_add(j, r);
     idset_put(&dv->inflight, r->id);
+    d->nqueued++;
     dv->queued++;
 }
 
@@ -877,14 +887,21 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     if (dv->paused || dv->draining)
         return;
     sweep(dv);
-    int room = dv->scan_batch - (int)dv->queued;
-    if (room > 0) {
+    /* A few keyset pages per tick: rows skipped for busy or capped
+       destinations do not stop the scan from reaching the others. */
+    int64_t now = clock_now_ms();
+    for (int page = 0; page < SCAN_PAGES; page++) {
+        int room = dv->scan_batch - (int)dv->queued;
+        if (room <= 0)
+            break;
         err e;
-        int n = spool_due(dv->srv->spool, clock_now_ms(), &dv->cur, room, on_due, dv, &e);
+        int n = spool_due(dv->srv->spool, now, &dv->cur, room, on_due, dv, &e);
         if (n < 0)
             log_ev(LOG_ERROR, "scan_failed", "{s:s}", "error", e.msg);
-        if (n < room)
+        if (n < room) {
             dv->cur = (spool_cursor){0, 0}; /* reached the end: start over next time */
+            break;
+        }
     }
     dest *d;
     LIST_FOREACH(d, &dv->dests, link)

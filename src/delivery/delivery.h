@@ -10,6 +10,9 @@
  *    a crash they are simply still due — at-least-once, never lost.
  *  - Recipients are grouped into jobs (one message, one destination, up to
  *    max_rcpts_per_txn recipients) queued on their destination (route.h).
+ *    At most scan_batch recipients wait in memory, and one destination
+ *    holds at most a quarter of them, so a slow destination cannot starve
+ *    the others.
  *  - A destination opens up to its concurrency limit of connections
  *    (halved for concurrency_penalty after a 421 or a refused connection),
  *    sends at most msgs_per_second (a token bucket with a one-second burst)

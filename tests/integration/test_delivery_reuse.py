@@ -126,3 +126,29 @@ def test_paused_queues_but_sends_nothing_until_unpaused_by_sighup(env):
     srv.write_config()
     srv.signal(sig.SIGHUP)
     wait_for(lambda: rx.messages, 10, "delivery after SIGHUP")
+
+
+def test_a_slow_destination_does_not_starve_the_others(make_server):
+    """100 messages for a slow domain (one connection, 0.2 s per message)
+    are queued before one message for a fast domain: the fast one still
+    goes out at once, not after the slow backlog."""
+    pre = loopback_net()
+    slow_ip, fast_ip = pre + "2", pre + "3"
+    port = free_port_on([slow_ip, fast_ip])
+    dns = Dnsmasq(pre + "1", ["--mx-host=slow.test,mx.slow.test,10", f"--host-record=mx.slow.test,{slow_ip}",
+                              "--mx-host=fast.test,mx.fast.test,10", f"--host-record=mx.fast.test,{fast_ip}"]).start()
+    slow = ScriptedSMTP(slow_ip, port, dot=lambda m: time.sleep(0.2)).start()
+    fast = ScriptedSMTP(fast_ip, port).start()
+    try:
+        sections = delivery_sections(dns.server, port, scan_batch=40)
+        sections["domain slow.test"] = {"max_connections": "1"}
+        srv = make_server(sections)
+        submit(srv, 100, "app@src.test", ["u@slow.test"])
+        submit(srv, 1, "app@src.test", ["u@fast.test"])
+        wait_for(lambda: fast.messages, 5, "the fast domain's message")
+        assert len(slow.messages) < 30
+        assert slow.max_active == 1
+    finally:
+        slow.stop()
+        fast.stop()
+        dns.stop()
