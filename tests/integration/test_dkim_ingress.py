@@ -105,6 +105,7 @@ def test_smtp_submission_signed_and_delivered(make_server, net, algs):
     assert verify(srv, raw.replace(b"Subject: Your code is 123456",
                                    b"Subject: Your code is 654321")) == [False] * len(algs)
     assert verify(srv, raw.replace(b"Use 123456", b"Use 999999")) == [False] * len(algs)
+    assert srv.stop() == 0  # clean drain: no signing job left behind
 
 
 def test_api_submission_signed_and_delivered(make_server, net):
@@ -122,3 +123,4 @@ def test_api_submission_signed_and_delivered(make_server, net):
     # VERP-ready return path on the wire; the original sender is kept.
     assert env.mail_from == f"bounces+{msg_id}@bounces.src.test"
     assert show(srv, msg_id)["meta"]["original_sender"] == "app@src.test"
+    assert srv.stop() == 0
