@@ -184,3 +184,28 @@ def test_queue_commands_reach_the_running_scheduler(env):
     srv.cli("queue", "flush")
     wait_states(srv, c, {"u@s.test": "delivered"})
     assert len(rx.messages) == 2 and b"Subject: test 2" in rx.messages[1].data
+
+
+def test_reply_line_limit(env):
+    """A reply line of exactly max_reply_line bytes (CRLF included) is fine;
+    one byte more and the session is dropped as hostile: deferred."""
+    rx = env.receiver(greeting="220 " + "x" * (2048 - 6))
+    srv = env.server()
+    [i] = submit(srv, 1, "app@src.test", ["u@s.test"])
+    wait_states(srv, i, {"u@s.test": "delivered"})
+    rx.stop()
+    env.receiver(greeting="220 " + "x" * (2048 - 5))
+    srv2 = env.server(retry_schedule="1h")
+    [j] = submit(srv2, 1, "app@src.test", ["u@s.test"])
+    msg = wait_states(srv2, j, {"u@s.test": "deferred"})
+    assert "longer than 2048 bytes" in events_of(msg, "deferred")[0]["data"]["reply"]
+
+
+def test_recipients_per_transaction_limit(env):
+    rx = env.receiver()
+    srv = env.server(max_rcpts_per_txn=2)
+    rcpts = [f"r{n}@s.test" for n in range(5)]
+    [i] = submit(srv, 1, "app@src.test", rcpts)
+    wait_states(srv, i, {r: "delivered" for r in rcpts})
+    assert sorted(len(m.rcpts) for m in rx.messages) == [1, 2, 2]
+    assert sorted(r for m in rx.messages for r in m.rcpts) == rcpts
