@@ -360,12 +360,22 @@ static void check_dkim_selector(doctor_report *r, resolver *res, const char *dom
         doctor_add(r, "dns", "dkim", DOCTOR_UNKNOWN, "DKIM %s: %s", name, e.msg);
         goto out;
     }
-    int matched = 0, found = 0;
+    int matched = 0, found = 0, wrong_k = 0;
     for (char **t = txt; t && *t && !matched; t++) {
         buf_reset(&have_p);
         if (dkimsig_txt_tag(*t, "p", &have_p) == 0) {
             found++;
             matched = strcmp(buf_cstr(&have_p), buf_cstr(&want_p)) == 0;
+            /* k= defaults to rsa (RFC 6376 3.6.1): the right key under the
+               wrong k= does not verify either. */
+            char k[16] = "rsa";
+            buf kt;
+            buf_init(&kt, sizeof k - 1);
+            if (dkimsig_txt_tag(*t, "k", &kt) == 0)
+                snprintf(k, sizeof k, "%s", buf_cstr(&kt));
+            buf_free(&kt);
+            if (matched && strcasecmp(k, alg == DKIM_ALG_RSA ? "rsa" : "ed25519") != 0)
+                matched = 0, wrong_k = 1;
         }
     }
     if (matched) {
@@ -373,7 +383,10 @@ static void check_dkim_selector(doctor_report *r, resolver *res, const char *dom
                    alg == DKIM_ALG_RSA ? "rsa" : "ed25519", key_file);
         goto out;
     }
-    if (found)
+    if (wrong_k)
+        doctor_add(r, "dns", "dkim", DOCTOR_FAIL, "DKIM %s publishes the key of %s under the wrong k=",
+                   name, key_file);
+    else if (found)
         doctor_add(r, "dns", "dkim", DOCTOR_FAIL, "DKIM %s publishes a different key than %s%s", name,
                    key_file, buf_cstr(&have_p)[0] ? "" : " (p= is empty: revoked)");
     else

@@ -306,6 +306,23 @@ static int add_missing(buf *out, const submit *sb, const submit_req *r, const hd
     return 0;
 }
 
+/* One field of the client's header into out: folded at 78 and refused
+   past 998 (hygiene.h), ending in CRLF. Signatures the client already
+   added are kept byte for byte: refolding would break any made with
+   "simple" header canonicalization. */
+static int copy_field(const char *f, size_t len, size_t name_len, buf *out, err *e)
+{
+    int verbatim = (name_len == 14 && strncasecmp(f, "DKIM-Signature", 14) == 0) ||
+                   (name_len > 4 && strncasecmp(f, "ARC-", 4) == 0);
+    if (!verbatim)
+        return hyg_fold(f, len, out, e);
+    if (buf_append(out, f, len) || (f[len - 1] != '\n' && buf_appends(out, "\r\n"))) {
+        err_set(e, ERR_LIMIT, "message larger than %zu bytes after adding trace headers", out->max);
+        return -1;
+    }
+    return 0;
+}
+
 static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, const char *id,
                    buf *out, char msgid[300], err *e)
 {
@@ -315,8 +332,7 @@ static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, 
         const hdr_field *f = &h->fields[i];
         if (f->name_len == 3 && strncasecmp(r->data + f->off, "Bcc", 3) == 0)
             continue; /* Bcc never leaves */
-        /* Folded at 78, refused past 998; always ends in CRLF. */
-        if (hyg_fold(r->data + f->off, f->len, out, e))
+        if (copy_field(r->data + f->off, f->len, f->name_len, out, e))
             return -1;
     }
     size_t body_len = r->len - h->body_off;

@@ -249,6 +249,13 @@ def test_dkim_different_key(setup, tmp_path):
     assert "publishes a different key than" in c["detail"]
 
 
+def test_dkim_wrong_key_type(setup):
+    setup.txt["e1._domainkey.example.com"] = setup.txt["e1._domainkey.example.com"].replace(
+        "k=ed25519", "k=rsa")
+    rc, checks = setup.run()
+    assert "under the wrong k=" in find(checks, "dkim", "fail")[0]["detail"]
+
+
 def test_dmarc_missing_and_inherited(setup):
     setup.txt["_dmarc.example.com"] = None
     rc, checks = setup.run()
