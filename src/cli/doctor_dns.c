@@ -119,7 +119,7 @@ static int match_mx(spf_ctx *c, const char *name, int cidr)
     if (rc != RES_FOUND)
         return lookup_failed(c, rc, &e);
     int res = SPF_NOMATCH;
-    for (size_t i = 0; hosts[i] && i < SPF_MAX_MX && res == SPF_NOMATCH; i++)
+    for (size_t i = 0; i < SPF_MAX_MX && hosts[i] && res == SPF_NOMATCH; i++)
         res = match_host(c, hosts[i], cidr);
     resolve_list_free(hosts);
     return res;
