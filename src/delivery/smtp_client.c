@@ -721,6 +721,58 @@ static void body_reply(smtpc_conn *c)
     txn_done(c, c->reply.code != 421);
 }
 
+/* An address that could break the command line it is put on (CR, LF,
+   angle brackets, NUL-free but overlong) is refused locally: the spool is
+   trusted, but not to the point of letting a stored byte inject commands. */
+static int bad_path(const char *a)
+{
+    return strlen(a) > 512 || strpbrk(a, "\r\n<>") != NULL;
+}
+
+/* Reasons to answer a transaction without sending it. Returns 1 when
+   every recipient already has its result. */
+static int txn_precheck(smtpc_conn *c, smtpc_txn *t)
+{
+    char text[400];
+    if (bad_path(t->mail_from)) {
+        for (size_t i = 0; i < t->nrcpts; i++)
+            smtpc_result_set(&t->results[i], 553, "5.1.7", "553 5.1.7 envelope sender cannot be sent (local check)");
+        return 1;
+    }
+    c->need_utf8 = smtpc_needs_utf8(t->mail_from, t->rcpts, t->nrcpts, t->data, t->len, &c->eightbit);
+    if (c->need_utf8 && !c->cap_utf8) {
+        snprintf(text, sizeof text,
+                 "554 5.6.7 the message needs SMTPUTF8 (non-ASCII address or header) and %s does not offer it",
+                 c->peer);
+        for (size_t i = 0; i < t->nrcpts; i++)
+            smtpc_result_set(&t->results[i], 554, "5.6.7", text);
+        return 1;
+    }
+    size_t good = 0;
+    for (size_t i = 0; i < t->nrcpts; i++) {
+        if (bad_path(t->rcpts[i]))
+            smtpc_result_set(&t->results[i], 553, "5.1.3", "553 5.1.3 recipient address cannot be sent (local check)");
+        else
+            good++;
+    }
+    return good == 0;
+}
+
+static void build_cmds(smtpc_conn *c, const smtpc_txn *t)
+{
+    free(c->cmds);
+    c->cmds = xcalloc(t->nrcpts + 3, sizeof *c->cmds);
+    c->ncmds = 0;
+    if (c->txns > 0)
+        c->cmds[c->ncmds++] = (cmd){K_RSET, 0};
+    c->cmds[c->ncmds++] = (cmd){K_MAIL, 0};
+    for (size_t i = 0; i < t->nrcpts; i++)
+        if (t->results[i].code == 0)
+            c->cmds[c->ncmds++] = (cmd){K_RCPT, i};
+    c->cmds[c->ncmds++] = (cmd){K_DATA, 0};
+    c->sent = c->replied = 0;
+}
+
 void smtpc_send(smtpc_conn *c, smtpc_txn *t, smtpc_txn_cb cb, void *arg)
 {
     c->t = t;
@@ -740,28 +792,12 @@ void smtpc_send(smtpc_conn *c, smtpc_txn *t, smtpc_txn_cb cb, void *arg)
         notify(c, NOTE_TXN);
         return;
     }
-    c->need_utf8 = smtpc_needs_utf8(t->mail_from, t->rcpts, t->nrcpts, t->data, t->len, &c->eightbit);
-    if (c->need_utf8 && !c->cap_utf8) {
-        char text[400];
-        snprintf(text, sizeof text,
-                 "554 5.6.7 the message needs SMTPUTF8 (non-ASCII address or header) and %s does not offer it",
-                 c->peer);
-        for (size_t i = 0; i < t->nrcpts; i++)
-            smtpc_result_set(&t->results[i], 554, "5.6.7", text);
+    if (txn_precheck(c, t)) {
         c->reusable = 1;
         notify(c, NOTE_TXN);
         return;
     }
-    free(c->cmds);
-    c->cmds = xcalloc(t->nrcpts + 3, sizeof *c->cmds);
-    c->ncmds = 0;
-    if (c->txns > 0)
-        c->cmds[c->ncmds++] = (cmd){K_RSET, 0};
-    c->cmds[c->ncmds++] = (cmd){K_MAIL, 0};
-    for (size_t i = 0; i < t->nrcpts; i++)
-        c->cmds[c->ncmds++] = (cmd){K_RCPT, i};
-    c->cmds[c->ncmds++] = (cmd){K_DATA, 0};
-    c->sent = c->replied = 0;
+    build_cmds(c, t);
     c->txns++;
     c->state = S_TXN;
     if (c->cap_pipelining) {

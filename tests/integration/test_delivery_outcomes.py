@@ -209,3 +209,15 @@ def test_recipients_per_transaction_limit(env):
     wait_states(srv, i, {r: "delivered" for r in rcpts})
     assert sorted(len(m.rcpts) for m in rx.messages) == [1, 2, 2]
     assert sorted(r for m in rx.messages for r in m.rcpts) == rcpts
+
+
+def test_stored_address_cannot_inject_commands(env):
+    """Even a corrupt spool row cannot put CR/LF into the SMTP session: the
+    bad recipient is refused locally (5.1.3), the good one is delivered."""
+    rx = env.receiver()
+    srv = env.server()
+    bad = "inj\r\nNOOP@s.test"
+    [i] = submit(srv, 1, "app@src.test", [bad, "ok@s.test"], ingress="api")
+    msg = wait_states(srv, i, {bad: "bounced", "ok@s.test": "delivered"})
+    assert events_of(msg, "bounced")[0]["data"]["status"] == "5.1.3"
+    assert "NOOP" not in rx.commands and rx.messages[0].rcpts == ["ok@s.test"]
