@@ -303,16 +303,16 @@ static void check_spf(doctor_report *r, resolver *res, const char *domain, char 
     }
     buf missing;
     buf_init(&missing, 4096);
-    char why[ERR_MSG_MAX + 256] = "";
+    char why[ERR_MSG_MAX + 256] = "", one[ERR_MSG_MAX + 256];
     int worst = SPF_PASS;
-    for (char **ip = ips; *ip; ip++) {
-        int rc = spf_for_ip(res, domain, *ip, why, sizeof why);
+    for (char **ip = ips; *ip && worst >= SPF_NOMATCH; ip++) {
+        int rc = spf_for_ip(res, domain, *ip, one, sizeof one);
         if (rc == SPF_NOMATCH)
             buf_appendf(&missing, "%s%s:%s", missing.len ? " " : "", strchr(*ip, ':') ? "ip6" : "ip4", *ip);
-        if (rc < worst || (rc == SPF_NOMATCH && worst == SPF_PASS))
-            worst = rc;
-        if (rc == SPF_TEMP || rc == SPF_PERM || rc == SPF_NONE)
-            break;
+        if (rc < worst) {
+            worst = rc; /* the first failure explains itself best */
+            memcpy(why, one, sizeof why);
+        }
     }
     if (worst == SPF_PASS) {
         doctor_add(r, "dns", "spf", DOCTOR_OK, "SPF %s authorises this server", domain);

@@ -204,6 +204,18 @@ def test_spf_include_mx_and_a_evaluated(setup):
     assert "does not authorise ip4:192.0.2.99" in find(checks, "spf", "fail")[0]["detail"]
 
 
+def test_spf_every_public_address_ipv6_too(setup):
+    setup.srv.sections["doctor"]["public_ips"] = "192.0.2.10, 2001:db8::25"
+    rc, checks = setup.run()
+    c = find(checks, "spf", "fail")[0]
+    assert "does not authorise ip6:2001:db8::25" in c["detail"] and "192.0.2.10" not in c["detail"]
+    setup.dns.stop()
+    setup.dns = None
+    setup.txt["example.com"] = "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 -all"
+    rc, checks = setup.run()
+    assert find(checks, "spf", "ok")
+
+
 def test_spf_lookup_limit(setup):
     # example.com -> l1 -> ... -> l11: eleven DNS-querying terms.
     setup.txt["example.com"] = "v=spf1 include:l1.example.net -all"
