@@ -55,7 +55,9 @@ dns *dns_new(struct event_base *base, const char *servers, int64_t timeout_ms, e
 /* Cancels pending lookups without calling their callbacks. */
 void dns_free(dns *d);
 
-/* The callback owns res (free with dns_result_free). */
+/* The callback owns res (free with dns_result_free). It may run before
+   dns_mx()/dns_addrs() return (numeric or /etc/hosts names, names that are
+   not valid IDNA): callers must be ready for that. */
 typedef void (*dns_cb)(void *arg, dns_result *res);
 void dns_mx(dns *d, const char *domain, dns_cb cb, void *arg);
 void dns_addrs(dns *d, const char *host, dns_cb cb, void *arg);
