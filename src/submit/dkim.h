@@ -1,10 +1,12 @@
 /*
- * dkim — DKIM signing (RFC 6376) with libopendkim, and DKIM key files.
+ * dkim — DKIM signing (RFC 6376), and DKIM key files.
  *
  * What it does: loads the private keys of every [sender NAME] section once
  * (dkimsig_load), and signs a complete message for its From domain with each
- * configured key: rsa-sha256 and/or ed25519-sha256 (RFC 8463; both keys
- * configured means two signatures, "dual signing"). Canonicalization is
+ * configured key: rsa-sha256 (libopendkim) and/or ed25519-sha256 (RFC 8463,
+ * dkim_ed25519.c over OpenSSL, because libopendkim 2.11 leaks Ed25519 keys;
+ * see dkim_internal.h). Both keys configured means two signatures ("dual
+ * signing"). Canonicalization is
  * relaxed/relaxed; the signed header fields are those of DKIM_SIGNED_HEADERS
  * that are present, with From over-signed (listed once more than it occurs,
  * so a second From cannot be added later without breaking the signature).
