@@ -118,6 +118,8 @@ static const cfg_def defs[] = {
      "largest clock difference accepted on signed requests"},
     {"api", "public_url", T_STR, F(public_url), "http://127.0.0.1:8025", 0, 0, NULL,
      "base URL recipients reach (unsubscribe links)"},
+    {"api", "unsubscribe_mailto", T_STR, F(unsubscribe_mailto), "", 0, 0, NULL,
+     "domain for a mailto:unsubscribe+TOKEN@DOMAIN link beside the https one (empty: https only)"},
     {"api", "blocked_types", T_STR, F(api_blocked_types),
      "application/x-executable,application/x-pie-executable,application/x-sharedlib,"
      "application/x-dosexec,application/x-msdownload,application/vnd.microsoft.portable-executable,"

@@ -104,6 +104,7 @@ typedef struct config {
     char *api_blocked_extensions;
     int64_t api_signature_skew;
     char *public_url;
+    char *unsubscribe_mailto;
     char *api_blocked_types;
     int64_t api_recipients_per_day;
     int64_t api_idempotency_ttl;

@@ -44,6 +44,7 @@ static submit_req request_of(api_req *r, const mime_result *m)
         .len = m->len,
         .meta = m->meta,
         .not_before_ms = m->not_before_ms,
+        .unsubscribe = m->unsubscribe,
     };
 }
 

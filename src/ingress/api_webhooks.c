@@ -5,14 +5,10 @@
  */
 #include "ingress/http_api.h"
 
+#include "core/clock.h"
 #include "core/ids.h"
 #include "core/mem.h"
 #include "outcome/webhooks.h"
-
-/* Declared in http_api.h with the other routes. */
-void api_webhooks_create(api_req *r);
-void api_webhooks_list(api_req *r);
-void api_webhooks_delete(api_req *r);
 
 #include <stdlib.h>
 #include <string.h>
@@ -132,7 +128,7 @@ void api_webhooks_create(api_req *r)
     op->url = xstrdup(json_string_value(url));
     op->w = (spool_webhook){.id = op->id, .url = op->url, .events = buf_cstr(&op->events),
                             .secret = op->secret, .healthy = 1};
-    op->w.created_ms = r->started_ms;
+    op->w.created_ms = clock_now_ms();
     if (spool_write(r->srv->spool, create_fn, create_done, op) < 0) {
         buf_free(&op->events);
         free(op->url);

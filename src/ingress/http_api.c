@@ -95,6 +95,8 @@ static const api_route routes[] = {
     {EVHTTP_REQ_POST, "/v1/webhooks", KEY_SCOPE_ADMIN, R_JSON, api_webhooks_create},
     {EVHTTP_REQ_GET, "/v1/webhooks", KEY_SCOPE_ADMIN, 0, api_webhooks_list},
     {EVHTTP_REQ_DELETE, "/v1/webhooks/", KEY_SCOPE_ADMIN, R_PARAM, api_webhooks_delete},
+    {EVHTTP_REQ_GET, "/u/", 0, R_NOAUTH | R_PARAM, api_unsubscribe_page},
+    {EVHTTP_REQ_POST, "/u/", 0, R_NOAUTH | R_PARAM, api_unsubscribe_post},
     {EVHTTP_REQ_GET, "/v1/messages/", KEY_SCOPE_READ, R_PARAM, api_messages_get},
     {EVHTTP_REQ_DELETE, "/v1/messages/", KEY_SCOPE_SEND, R_PARAM, api_messages_cancel},
     {EVHTTP_REQ_GET, "/v1/suppressions/", KEY_SCOPE_READ, R_PARAM, api_suppressions_get},

@@ -105,6 +105,8 @@ void api_suppressions_delete(api_req *r);
 void api_healthz(api_req *r);
 void api_readyz(api_req *r);
 void api_metrics(api_req *r);
+void api_unsubscribe_page(api_req *r);
+void api_unsubscribe_post(api_req *r);
 void api_webhooks_create(api_req *r); /* api_webhooks.c (outcome/webhooks) */
 void api_webhooks_list(api_req *r);
 void api_webhooks_delete(api_req *r);

@@ -713,7 +713,7 @@ out:
 
 static const char *const known_fields[] = {
     "from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "headers",
-    "attachments", "tags", "metadata", "send_at",
+    "attachments", "tags", "metadata", "send_at", "unsubscribe",
 };
 
 static int check_known(const json_t *req, char field[MIME_FIELD_MAX], err *e)
@@ -881,6 +881,10 @@ int mime_build(mime_ctx *c, const json_t *req, const mime_limits *lim, mime_resu
     const char *text, *html;
     if (check_known(req, field, e) || body_strings(req, &text, &html, field, e))
         return -1;
+    const json_t *unsub = json_object_get(req, "unsubscribe");
+    if (unsub && !json_is_boolean(unsub) && !json_is_null(unsub))
+        return fail(field, "unsubscribe", e, ERR_INVALID, "must be true or false");
+    out->unsubscribe = json_is_true(unsub);
     envelope env = {.max = lim->max_recipients};
     mailbox from;
     GMimeMessage *msg = g_mime_message_new(TRUE);

@@ -57,6 +57,7 @@ typedef struct mime_result {
     size_t nrcpts;
     char *meta;           /* {"tags":[…],"metadata":{…}} */
     int64_t not_before_ms; /* send_at, 0 = now */
+    int unsubscribe;       /* "unsubscribe": true — add one-click List-Unsubscribe */
 } mime_result;
 
 int mime_build(mime_ctx *c, const json_t *req, const mime_limits *lim, mime_result *out,

@@ -1,5 +1,7 @@
 #include "submit/submit.h"
 
+#include "outcome/unsubscribe.h"
+
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/ids.h"
@@ -49,6 +51,10 @@ struct submit {
     signpool *pool;        /* NULL: sign on the caller's thread */
     return_path *return_paths;
     err setup_err;
+    /* One-click unsubscribe (outcome/unsubscribe.h). */
+    unsigned char unsub_secret[UNSUB_SECRET_LEN];
+    int unsub_ok;
+    char *public_url, *unsub_mailto;
 };
 
 static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
@@ -98,6 +104,12 @@ submit *submit_new(spool *s, const config *cfg)
        and every submission fails with it (submit_ready). */
     sb->dkim = dkimsig_load(cfg, &sb->setup_err);
     load_return_paths(sb, cfg);
+    err ue;
+    sb->unsub_ok = unsub_secret(cfg, sb->unsub_secret, &ue) == 0;
+    if (!sb->unsub_ok)
+        log_ev(LOG_WARN, "unsubscribe_unavailable", "{s:s}", "error", ue.msg);
+    sb->public_url = xstrdup(cfg->public_url);
+    sb->unsub_mailto = xstrdup(cfg->unsubscribe_mailto);
     return sb;
 }
 
@@ -134,6 +146,8 @@ void submit_free(submit *sb)
     }
     signpool_free(sb->pool);
     dkimsig_free(sb->dkim);
+    free(sb->public_url);
+    free(sb->unsub_mailto);
     while (sb->return_paths) {
         return_path *rp = sb->return_paths;
         sb->return_paths = rp->next;
@@ -323,15 +337,80 @@ static int copy_field(const char *f, size_t len, size_t name_len, buf *out, err 
     return 0;
 }
 
-static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, const char *id,
-                   buf *out, char msgid[300], err *e)
+/* "X-Posthaste-Unsubscribe: yes" lets SMTP and sendmail clients ask for the
+   same List-Unsubscribe headers as the API's "unsubscribe": true. */
+static int wants_unsubscribe(const submit_req *r, const hdr_section *h)
 {
+    if (r->unsubscribe)
+        return 1;
+    long i = hdr_find(h, r->data, "X-Posthaste-Unsubscribe");
+    if (i < 0)
+        return 0;
+    buf v;
+    buf_init(&v, 64);
+    int yes = hdr_value(h, r->data, (size_t)i, &v) == 0 &&
+              (strcasecmp(buf_cstr(&v), "yes") == 0 || strcasecmp(buf_cstr(&v), "true") == 0);
+    buf_free(&v);
+    return yes;
+}
+
+static int is_named(const char *data, const hdr_field *f, const char *name)
+{
+    size_t n = strlen(name);
+    return f->name_len == n && strncasecmp(data + f->off, name, n) == 0;
+}
+
+/* RFC 2369 List-Unsubscribe + RFC 8058 List-Unsubscribe-Post, with a token
+   bound to (recipient, sender domain, message id). One recipient only: the
+   link unsubscribes exactly the person who received it. */
+static int add_unsubscribe(const submit *sb, const submit_req *r, const char *from_domain, const char *id,
+                           buf *out, err *e)
+{
+    if (r->nrcpts != 1) {
+        err_set(e, ERR_INVALID, "unsubscribe links need exactly one recipient per message "
+                                "(send one message per recipient, e.g. with /v1/messages/batch)");
+        return -1;
+    }
+    if (!sb->unsub_ok) {
+        err_set(e, ERR_IO, "unsubscribe secret unavailable (see the unsubscribe_unavailable log line)");
+        return -1;
+    }
+    unsub_claims c;
+    snprintf(c.recipient, sizeof c.recipient, "%s", r->rcpts[0]);
+    snprintf(c.domain, sizeof c.domain, "%s", from_domain);
+    snprintf(c.message_id, sizeof c.message_id, "%s", id);
+    char token[UNSUB_TOKEN_MAX];
+    if (unsub_token(sb->unsub_secret, &c, token, sizeof token)) {
+        err_set(e, ERR_INVALID, "recipient too long for an unsubscribe link");
+        return -1;
+    }
+    size_t base = strlen(sb->public_url);
+    while (base && sb->public_url[base - 1] == '/')
+        base--;
+    int rc = buf_appendf(out, "List-Unsubscribe: <%.*s/u/%s>", (int)base, sb->public_url, token);
+    if (!rc && *sb->unsub_mailto)
+        rc = buf_appendf(out, ",\r\n <mailto:unsubscribe+%s@%s>", token, sb->unsub_mailto);
+    if (!rc)
+        rc = buf_appends(out, "\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+    if (rc)
+        err_set(e, ERR_LIMIT, "message too large for its unsubscribe headers");
+    return rc;
+}
+
+static int rebuild(const submit *sb, const submit_req *r, const hdr_section *h, const char *id,
+                   const char *from_domain, buf *out, char msgid[300], err *e)
+{
+    int unsub = wants_unsubscribe(r, h);
     if (add_received(out, sb, r, id) || add_missing(out, sb, r, h, msgid))
         goto too_big;
+    if (unsub && add_unsubscribe(sb, r, from_domain, id, out, e))
+        return -1;
     for (size_t i = 0; i < h->count; i++) {
         const hdr_field *f = &h->fields[i];
-        if (f->name_len == 3 && strncasecmp(r->data + f->off, "Bcc", 3) == 0)
-            continue; /* Bcc never leaves */
+        if (is_named(r->data, f, "Bcc") || is_named(r->data, f, "X-Posthaste-Unsubscribe"))
+            continue; /* Bcc never leaves; our own request header neither */
+        if (unsub && (is_named(r->data, f, "List-Unsubscribe") || is_named(r->data, f, "List-Unsubscribe-Post")))
+            continue; /* ours replace any the client wrote */
         if (copy_field(r->data + f->off, f->len, f->name_len, out, e))
             return -1;
     }
@@ -563,7 +642,7 @@ int submit_message(submit *sb, const submit_req *r, submit_cb cb, void *arg, err
         err_set(e, ERR_INVALID, "bounce_domain %s is too long for a return path", bounce);
         goto done;
     }
-    if (rebuild(sb, r, &h, id, &out, msgid, e) ||
+    if (rebuild(sb, r, &h, id, from_domain, &out, msgid, e) ||
         !(meta = build_meta(r, msgid, bounce ? mail_from : NULL, e)) ||
         mark_suppressed(sb, r, from_domain, suppressed, e))
         goto done;
@@ -592,6 +671,8 @@ static int component_start(server *srv, err *e)
     if (submit_ready(srv->submit, e) ||
         submit_start_signing(srv->submit, srv->base, (int)srv->cfg->dkim_sign_threads, e))
         return -1;
+    log_ev(LOG_INFO, "dkim_ready", "{s:i,s:i}", "keys", dkimsig_count_keys(srv->submit->dkim),
+           "sign_threads", (int)srv->cfg->dkim_sign_threads);
     return 0;
 }
 

@@ -56,6 +56,8 @@ typedef struct submit_req {
     int smtputf8;               /* 8-bit header allowed */
     const char *meta;           /* JSON object text from the ingress (tags, metadata), or NULL */
     int64_t not_before_ms;      /* scheduled send, 0 = now */
+    int unsubscribe;            /* add one-click List-Unsubscribe (RFC 8058); needs one recipient.
+                                   A header "X-Posthaste-Unsubscribe: yes" asks the same (and is removed). */
 } submit_req;
 
 typedef struct submit_result {
