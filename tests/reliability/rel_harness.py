@@ -388,6 +388,7 @@ def kill_loop(tmp_path, messages, kills, max_size=1024 * 1024, max_rcpts=50, smt
                    "attempts": ledger.attempts,
                    "acked_messages": len(ledger.acked), "acked_recipients": len(want), "lost": 0,
                    "duplicates": dups, "duplicate_pct": round(100.0 * dups / len(want), 4),
+                   "duplicates_per_kill": round(dups / max(done_kills, 1), 1),
                    "submit_seconds": round(submit_secs, 1),
                    "total_seconds": round(time.monotonic() - t0, 1)}
         log(f"kill loop result: {figures}")
@@ -672,7 +673,7 @@ def receiver_faults(tmp_path, rounds=1):
     rx = FaultRx("127.0.0.1", free_port(), rcpt=rcpt, dot=dot).start()
     tlsd = TlsDropper().start()
     srv = RelServer(tmp_path / "srv", relay_sections(
-        rx.port, max_age="5s", retry_schedule="200ms", timeout_data_term="1s",
+        rx.port, max_age=f"{4 + rounds // 2}s", retry_schedule="200ms", timeout_data_term="1s",
         timeout_rcpt="2s", concurrency_penalty="100ms"))
     srv.sections["domain tls.test"] = {"route": "relay", "relay_host": "127.0.0.1",
                                        "relay_port": str(tlsd.port), "relay_tls": "starttls",
@@ -721,7 +722,7 @@ def check_fault_reasons(srv, expect, show, events_of):
             local = addr.split("_")[0]
             evs = [e for e in msg["events"] if e.get("recipient") == addr]
             text = json.dumps(evs)
-            if local in ("t421", "t451", "t452", "drop", "stall", "perm451", "hs"):
+            if local in ("t421", "t451", "t452", "drop", "stall"):
                 assert events_of(msg, "deferred", addr), f"{addr}: no deferred event: {text}"
             want_text = {"t421": "421", "t451": "4.3.0", "t452": "4.2.2", "p550": "5.1.1",
                          "p552": "5.2.2", "p554": "5.7.1", "perm451": "4.4.5", "dot554": "5.6.0"}
@@ -731,10 +732,12 @@ def check_fault_reasons(srv, expect, show, events_of):
                 assert events_of(msg, "expired", addr), f"{addr}: no expired event: {text}"
             replies = [(e.get("data") or {}).get("reply") for e in evs if e["type"] != "queued"]
             replies = [r for r in replies if r]
-            if replies:
-                reasons[local] = replies[-1][:100]
-    for local in ("drop", "stall", "hs"):
+            failed = [r for r in replies if not r.startswith("2")]
+            if failed or replies:
+                reasons[local] = (failed or replies)[-1][:110]
+    for local in ("drop", "stall", "hs", "perm451"):
         assert reasons.get(local), f"no reason recorded for {local}"
+    assert "handshake" in reasons["hs"], reasons["hs"]
     return reasons
 
 
