@@ -93,8 +93,8 @@ class Server:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, "serve", "-c", self.config],
                                      stdout=self.log, stderr=self.log)
-        if wait_ready:
-            self.wait_log("ready", timeout=15)
+        if wait_ready:  # this process's ready line, not one from an earlier start
+            self.wait_log("ready", timeout=15, pred=lambda l: l.get("pid") == self.proc.pid)
         return self
 
     def logs(self):
