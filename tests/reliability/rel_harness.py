@@ -893,6 +893,9 @@ def resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20, reader_volu
         growth_mb = (peak - base) / 1024
         # 32 MB of slack plus 8 KB per held connection (a session measures ~3 KB).
         limit = rss_limit_mb if rss_limit_mb is not None else 32 + (idle + loris + readers) * 8 / 1024
+        if ASAN:
+            limit *= 4  # shadow memory and the allocator's quarantine
+        answer_limit = 2.0 if ASAN else 1.0  # the promise is 1 s; sanitizers run ~2-4x slower
         figures = {"idle_held": idle, "idle_smtp": idle - idle // 4, "idle_http": idle // 4, "open_seconds": round(open_secs, 1), "slowloris": loris,
                    "slowloris_bytes": sent[0], "non_readers": readers,
                    "non_reader_bytes_pushed": pushed, "legit_worst_step_s": round(max(worst), 3),
@@ -901,7 +904,7 @@ def resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20, reader_volu
         log(f"resource exhaustion result: {figures}")
         assert sent[0] >= 3 * loris, f"slowloris clients sent only {sent[0]} bytes"
         assert pushed >= readers * (1 << 20), f"non-readers pushed only {pushed} bytes"
-        assert max(worst) < 1.0, f"a legitimate client waited {max(worst):.2f}s for a reply"
+        assert max(worst) < answer_limit, f"a legitimate client waited {max(worst):.2f}s for a reply"
         assert growth_mb < limit, f"RSS grew by {growth_mb:.0f} MB (limit {limit:.0f} MB)"
         return figures
     finally:
