@@ -474,7 +474,7 @@ static void owrite_done(void *arg, const err *e)
         send_ndr(dv, w);
     owrite_free(w);
     if (!dv->draining && dv->queued < (size_t)dv->scan_batch / 2)
-        event_active(dv->tick, EV_TIMEOUT, 0);
+        event_active(dv->tick, 0, 0);
 }
 
 static uint32_t rnd32(void)
@@ -910,6 +910,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the serve component ---------------------------------------------------------- */
 
+/* The tick is also run at once with event_active(dv->tick, 0, 0). Not with
+   EV_TIMEOUT: libevent then re-arms a persistent timer relative to its
+   pending expiry, so every early run pushed the next periodic scan one
+   interval further away and, after a burst of submissions, the scheduler
+   slept for minutes with due mail queued (found by bench/relay). */
 static void arm_tick(delivery *dv)
 {
     struct timeval tv = {(time_t)(dv->interval / 1000), (suseconds_t)((dv->interval % 1000) * 1000)};
@@ -933,7 +938,7 @@ static int component_start(server *srv, err *e)
     }
     dv->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, dv);
     arm_tick(dv);
-    event_active(dv->tick, EV_TIMEOUT, 0);
+    event_active(dv->tick, 0, 0);
     log_ev(LOG_INFO, "delivery_started", "{s:b,s:s,s:s}", "paused", dv->paused, "route", srv->cfg->delivery_route,
            "dns_servers", *srv->cfg->dns_servers ? srv->cfg->dns_servers : "resolv.conf");
     return 0;
@@ -943,7 +948,7 @@ void delivery_kick(server *srv)
 {
     delivery *dv = srv ? srv->delivery : NULL;
     if (dv && dv->tick && !dv->paused && !dv->draining)
-        event_active(dv->tick, EV_TIMEOUT, 0);
+        event_active(dv->tick, 0, 0);
 }
 
 static void component_drain(server *srv)
@@ -986,7 +991,7 @@ static void component_reload(server *srv, const config *cfg)
         return;
     }
     arm_tick(dv);
-    event_active(dv->tick, EV_TIMEOUT, 0);
+    event_active(dv->tick, 0, 0);
 }
 
 static void component_stop(server *srv)
