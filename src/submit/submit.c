@@ -1,5 +1,6 @@
 #include "submit/submit.h"
 
+#include "outcome/outcome.h"
 #include "outcome/unsubscribe.h"
 
 #include "core/buf.h"
@@ -55,6 +56,7 @@ struct submit {
     unsigned char unsub_secret[UNSUB_SECRET_LEN];
     int unsub_ok;
     char *public_url, *unsub_mailto;
+    metrics *metrics; /* the server's registry, or NULL (CLI, tests) */
 };
 
 static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
@@ -467,6 +469,7 @@ typedef struct job {
     buf data;           /* the rebuilt message; signed in place */
     char *ingress, *key_id, *meta;
     int64_t not_before_ms;
+    int64_t started_ms; /* monotonic: acceptance latency */
     err e;              /* signing failure, set on the worker */
     int failed;
 } job;
@@ -489,6 +492,10 @@ static void on_committed(void *arg, const char *id, const err *e)
 {
     job *j = arg;
     j->sb->in_flight--;
+    if (!e) {
+        outcome_count(j->sb->metrics, M_ACCEPTED, j->ingress, 1);
+        outcome_observe(j->sb->metrics, M_ACCEPT_LATENCY, (double)(clock_mono_ms() - j->started_ms) / 1000.0);
+    }
     submit_result res = {.id = id, .nrcpts = j->nrcpts, .suppressed = j->suppressed};
     j->cb(j->arg, e ? NULL : &res, e);
     job_free(j);
@@ -557,7 +564,7 @@ static job *new_job(submit *sb, const submit_req *r, const char *id, const char 
     *j = (job){.sb = sb, .cb = cb, .arg = arg, .suppressed = suppressed, .nrcpts = r->nrcpts,
                .mail_from = xstrdup(mail_from), .ingress = xstrdup(r->ingress ? r->ingress : ""),
                .key_id = r->key ? xstrdup(r->key->id) : NULL, .meta = meta,
-               .not_before_ms = r->not_before_ms, .data = *data};
+               .not_before_ms = r->not_before_ms, .data = *data, .started_ms = clock_mono_ms()};
     memcpy(j->id, id, sizeof j->id);
     snprintf(j->from_domain, sizeof j->from_domain, "%s", from_domain);
     j->rcpts = xcalloc(r->nrcpts, sizeof *j->rcpts);
@@ -667,6 +674,7 @@ done:
 static int component_start(server *srv, err *e)
 {
     srv->submit = submit_new(srv->spool, srv->cfg);
+    srv->submit->metrics = srv->metrics;
     /* Refuse to start rather than send unsigned mail (e.g. a key in loose mode). */
     if (submit_ready(srv->submit, e) ||
         submit_start_signing(srv->submit, srv->base, (int)srv->cfg->dkim_sign_threads, e))
