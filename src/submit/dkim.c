@@ -374,6 +374,14 @@ static size_t best_match_len(const dkimsig_keyset *ks, const char *from_domain)
     return best;
 }
 
+int dkimsig_count_keys(const dkimsig_keyset *ks)
+{
+    int n = 0;
+    for (const dkim_key *k = ks ? ks->keys : NULL; k; k = k->next)
+        n++;
+    return n;
+}
+
 int dkimsig_count_for(const dkimsig_keyset *ks, const char *from_domain)
 {
     if (!ks)

@@ -59,6 +59,8 @@ typedef struct dkimsig_keyset dkimsig_keyset;
    A config with no keys gives an empty set, not an error. */
 dkimsig_keyset *dkimsig_load(const config *cfg, err *e);
 void dkimsig_free(dkimsig_keyset *ks);
+/* How many keys were loaded (for the start-up log). */
+int dkimsig_count_keys(const dkimsig_keyset *ks);
 /* How many signatures mail from this domain gets (0: not signed). */
 int dkimsig_count_for(const dkimsig_keyset *ks, const char *from_domain);
 /* Sign msg[0..len) (CRLF line endings, complete message) as mail of

@@ -62,6 +62,8 @@ def start_signing_server(make_server, net, algs, **sender):
     srv.sections["sender src.test"] = section
     srv.write_config()
     srv.start()
+    ready = srv.wait_log("dkim_ready")
+    assert ready["keys"] == len(algs) and ready["sign_threads"] == 2
     srv.key = srv.create_key()
     srv.records = records
     return srv
