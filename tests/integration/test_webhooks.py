@@ -28,6 +28,7 @@ class Receiver:
         self.requests = 0
         self.bad_signatures = 0
         self.events = []       # every event received (duplicates included)
+        self.raw = []          # (timestamp, body, signature) of every request
         self.lock = threading.Lock()
         outer = self
 
@@ -37,6 +38,7 @@ class Receiver:
                 ts = self.headers.get("X-Posthaste-Timestamp", "")
                 sig = self.headers.get("X-Posthaste-Signature", "")
                 with outer.lock:
+                    outer.raw.append((ts, body, sig))
                     outer.requests += 1
                     n = outer.requests
                     if outer.secret:
@@ -194,3 +196,43 @@ def test_bad_webhook_requests(make_server):
     assert api(srv, admin, "GET", "/v1/webhooks").json()["data"] == []
     r = api(srv, admin, "POST", "/v1/webhooks", json={"url": "https://hooks.example.com/h"})
     assert r.status_code == 201
+
+
+def doc_snippet(lang):
+    """The verification example for `lang` in docs/API.md, as written there."""
+    import re
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, "docs", "API.md")).read()
+    m = re.search(r"Verify in %s:\n\n```\w+\n(.*?)```" % lang, text, re.S)
+    assert m, f"no {lang} example in docs/API.md"
+    return m.group(1)
+
+
+def test_documented_verifiers_accept_real_signatures(make_server, tmp_path):
+    rec = Receiver()
+    srv = make_server(extra=FAST)
+    admin = srv.create_key("--scope", "admin", "--scope", "send")
+    try:
+        r = api(srv, admin, "POST", "/v1/webhooks", json={"url": rec.url})
+        rec.secret = r.json()["secret"]
+        send(srv, admin, 1)
+        assert wait_for(lambda: rec.raw)
+        ts, body, sig = rec.raw[0]
+        scope = {}
+        exec(doc_snippet("Python"), scope)
+        assert scope["verify"](rec.secret, ts, body, sig)
+        assert not scope["verify"](rec.secret, ts, body + b" ", sig)
+        assert not scope["verify"]("whsec_wrong", ts, body, sig)
+        (tmp_path / "body.bin").write_bytes(body)
+        js = doc_snippet("Node") + f"""
+const fs = require("fs");
+const body = fs.readFileSync({json.dumps(str(tmp_path / "body.bin"))});
+const ok = verify({json.dumps(rec.secret)}, {json.dumps(ts)}, body, {json.dumps(sig)});
+const bad = verify({json.dumps(rec.secret)}, {json.dumps(ts)}, Buffer.concat([body, Buffer.from(" ")]), {json.dumps(sig)});
+process.stdout.write(JSON.stringify([ok, bad]));
+"""
+        p = subprocess.run(["node", "-e", js], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout) == [True, False]
+    finally:
+        rec.close()
