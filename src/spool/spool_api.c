@@ -16,23 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e)
-{
-    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
-    if (rc != SQLITE_OK) {
-        spool_sql_err(db, rc, "preparing spool query", e);
-        return -1;
-    }
-    return 0;
-}
 
-static void bind_opt(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, i);
-}
 
 /* ---- messages ---------------------------------------------------------- */
 
@@ -42,7 +26,7 @@ int spool_list_filtered(spool *s, const spool_msg_filter *f, spool_message_cb cb
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db,
+    if (spool_prepare(db,
                 "SELECT m.uid FROM messages m WHERE (?1 = 0 OR m.id < ?1) "
                 "AND (?2 = 0 OR m.created_ms >= ?2) "
                 "AND (?3 < 0 OR EXISTS (SELECT 1 FROM recipients r WHERE r.msg = m.id AND r.state = ?3)) "
@@ -56,8 +40,8 @@ int spool_list_filtered(spool *s, const spool_msg_filter *f, spool_message_cb cb
     sqlite3_bind_int64(st, 1, f->before_rowid);
     sqlite3_bind_int64(st, 2, f->since_ms);
     sqlite3_bind_int(st, 3, f->state);
-    bind_opt(st, 4, f->recipient);
-    bind_opt(st, 5, f->tag);
+    spool_bind_opt(st, 4, f->recipient);
+    spool_bind_opt(st, 5, f->tag);
     sqlite3_bind_int(st, 6, f->limit);
     char **ids = NULL;
     size_t n = 0, cap = 0;
@@ -97,7 +81,7 @@ int spool_events_query(spool *s, int64_t after_id, int64_t since_ms, const char 
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db,
+    if (spool_prepare(db,
                 "SELECT e.id, e.ts_ms, e.msg, e.rcpt, e.type, e.data, m.meta FROM events e "
                 "LEFT JOIN messages m ON m.uid = e.msg WHERE e.id > ?1 AND (?2 = 0 OR e.ts_ms >= ?2) "
                 "AND (?3 IS NULL OR e.type = ?3) ORDER BY e.id LIMIT ?4",
@@ -105,7 +89,7 @@ int spool_events_query(spool *s, int64_t after_id, int64_t since_ms, const char 
         return -1;
     sqlite3_bind_int64(st, 1, after_id);
     sqlite3_bind_int64(st, 2, since_ms);
-    bind_opt(st, 3, type);
+    spool_bind_opt(st, 3, type);
     sqlite3_bind_int(st, 4, limit);
     int count = 0, rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -136,13 +120,13 @@ int spool_suppressions(spool *s, const char *email, const char *after_email, int
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db,
+    if (spool_prepare(db,
                 "SELECT email, scope, reason, created_ms FROM suppressions "
                 "WHERE (?1 IS NULL OR email = lower(?1)) AND email > ?2 "
                 "ORDER BY email, scope LIMIT ?3",
                 &st, e))
         return -1;
-    bind_opt(st, 1, email);
+    spool_bind_opt(st, 1, email);
     sqlite3_bind_text(st, 2, after_email ? after_email : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, 3, limit);
     int count = 0, rc;
@@ -171,7 +155,7 @@ int spool_idem_get(spool *s, const char *key_id, const char *idem_key, int64_t m
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db,
+    if (spool_prepare(db,
                 "SELECT request_hash, status, response FROM idempotency "
                 "WHERE key_id = ? AND idem_key = ? AND created_ms >= ?",
                 &st, e))
@@ -198,7 +182,7 @@ int spool_tx_idem_put(spool_tx *tx, const char *key_id, const char *idem_key, co
 {
     sqlite3_stmt *st;
     /* REPLACE: an expired record with the same key may still be there. */
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "INSERT OR REPLACE INTO idempotency(key_id, idem_key, request_hash, status, response, "
                 "created_ms) VALUES(?,?,?,?,?,?)",
                 &st, e))
@@ -221,7 +205,7 @@ int spool_tx_idem_put(spool_tx *tx, const char *key_id, const char *idem_key, co
 int spool_tx_idem_expire(spool_tx *tx, int64_t before_ms, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db, "DELETE FROM idempotency WHERE created_ms < ?", &st, e))
+    if (spool_prepare(tx->db, "DELETE FROM idempotency WHERE created_ms < ?", &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, before_ms);
     int rc = sqlite3_step(st);
@@ -238,7 +222,7 @@ int spool_tx_idem_expire(spool_tx *tx, int64_t before_ms, err *e)
 int spool_tx_cancel(spool_tx *tx, const char *msg_id, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db, "SELECT id FROM messages WHERE uid = ?", &st, e))
+    if (spool_prepare(tx->db, "SELECT id FROM messages WHERE uid = ?", &st, e))
         return -1;
     sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -252,7 +236,7 @@ int spool_tx_cancel(spool_tx *tx, const char *msg_id, err *e)
         return -1;
     }
     /* RETURNING gives the addresses for the events in the same statement. */
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "UPDATE recipients SET state = 7, updated_ms = ?1 WHERE msg = ?2 AND state IN (0, 2) "
                 "RETURNING addr",
                 &st, e))
@@ -290,7 +274,7 @@ int64_t spool_key_rcpts_since(spool *s, const char *key_id, int64_t since_ms, in
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db,
+    if (spool_prepare(db,
                 "SELECT COUNT(r.id), MIN(m.created_ms) FROM messages m JOIN recipients r ON r.msg = m.id "
                 "WHERE m.created_ms >= ? AND m.key_id = ?",
                 &st, e))

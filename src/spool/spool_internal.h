@@ -33,6 +33,12 @@ void spool_tally_event(spool_tx *tx, const char *type);
 void spool_sql_err(sqlite3 *db, int rc, const char *what, err *e);
 /* The read connection (calling thread only). */
 sqlite3 *spool_read_db(spool *s);
+/* Prepare on db; on failure fill e and return -1. */
+int spool_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e);
+/* Step a statement that returns no rows, then finalize it. */
+int spool_step_done(sqlite3 *db, sqlite3_stmt *st, const char *what, err *e);
+/* Bind a string, or NULL when s is NULL. */
+void spool_bind_opt(sqlite3_stmt *st, int i, const char *s);
 /* Duplicate a column as a C string (NULL stays NULL). */
 char *spool_col_str(sqlite3_stmt *st, int col);
 

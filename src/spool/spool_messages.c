@@ -34,35 +34,8 @@ int spool_state_is_final(int state)
     return state != RCPT_QUEUED && state != RCPT_SENDING && state != RCPT_DEFERRED;
 }
 
-static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e)
-{
-    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
-    if (rc != SQLITE_OK) {
-        spool_sql_err(db, rc, "preparing spool query", e);
-        return -1;
-    }
-    return 0;
-}
 
-/* Step a statement that returns no rows, then finalize it. */
-static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what, err *e)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        spool_sql_err(db, rc, what, e);
-        return -1;
-    }
-    return 0;
-}
 
-static void bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, i);
-}
 
 /* The lower-cased domain of an address (the part after the last '@'). */
 static char *addr_domain(const char *addr)
@@ -78,14 +51,14 @@ int spool_tx_event(spool_tx *tx, const char *msg_id, const char *rcpt, const cha
                    const char *data_json, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db, "INSERT INTO events(ts_ms, msg, rcpt, type, data) VALUES(?,?,?,?,?)", &st, e))
+    if (spool_prepare(tx->db, "INSERT INTO events(ts_ms, msg, rcpt, type, data) VALUES(?,?,?,?,?)", &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, clock_now_ms());
-    bind_text(st, 2, msg_id);
-    bind_text(st, 3, rcpt);
-    bind_text(st, 4, type);
-    bind_text(st, 5, data_json);
-    if (step_done(tx->db, st, "recording event", e))
+    spool_bind_opt(st, 2, msg_id);
+    spool_bind_opt(st, 3, rcpt);
+    spool_bind_opt(st, 4, type);
+    spool_bind_opt(st, 5, data_json);
+    if (spool_step_done(tx->db, st, "recording event", e))
         return -1;
     spool_tally_event(tx, type);
     return 0;
@@ -95,7 +68,7 @@ static int insert_rcpt(spool_tx *tx, int64_t msg_rowid, const char *id, const ch
                        int suppressed, int64_t now, int64_t due, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "INSERT INTO recipients(msg, addr, domain, state, next_at, updated_ms) "
                 "VALUES(?,?,?,?,?,?)",
                 &st, e))
@@ -108,7 +81,7 @@ static int insert_rcpt(spool_tx *tx, int64_t msg_rowid, const char *id, const ch
     sqlite3_bind_int64(st, 5, due);
     sqlite3_bind_int64(st, 6, now);
     free(domain);
-    if (step_done(tx->db, st, "storing recipient", e))
+    if (spool_step_done(tx->db, st, "storing recipient", e))
         return -1;
     return spool_tx_event(tx, id, addr, suppressed ? "suppressed" : "accepted", NULL, e);
 }
@@ -128,20 +101,20 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
     }
     int64_t now = clock_now_ms();
     sqlite3_stmt *st;
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "INSERT INTO messages(uid, created_ms, mail_from, ingress, key_id, meta, size, data) "
                 "VALUES(?,?,?,?,?,?,?,?)",
                 &st, e))
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
-    bind_text(st, 3, m->mail_from ? m->mail_from : "");
-    bind_text(st, 4, m->ingress ? m->ingress : "unknown");
-    bind_text(st, 5, m->key_id);
-    bind_text(st, 6, m->meta);
+    spool_bind_opt(st, 3, m->mail_from ? m->mail_from : "");
+    spool_bind_opt(st, 4, m->ingress ? m->ingress : "unknown");
+    spool_bind_opt(st, 5, m->key_id);
+    spool_bind_opt(st, 6, m->meta);
     sqlite3_bind_int64(st, 7, (int64_t)m->len);
     sqlite3_bind_blob64(st, 8, m->data, m->len, SQLITE_STATIC);
-    if (step_done(tx->db, st, "storing message", e))
+    if (spool_step_done(tx->db, st, "storing message", e))
         return -1;
     int64_t rowid = sqlite3_last_insert_rowid(tx->db);
     int64_t due = m->not_before_ms > now ? m->not_before_ms : now;
@@ -156,7 +129,7 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
 int spool_tx_rcpt_update(spool_tx *tx, const spool_rcpt_update *u, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "UPDATE recipients SET state = ?, next_at = ?, attempts = attempts + ?, "
                 "updated_ms = ?, last_reply = COALESCE(?, last_reply), "
                 "last_host = COALESCE(?, last_host) WHERE id = ?",
@@ -167,17 +140,17 @@ int spool_tx_rcpt_update(spool_tx *tx, const spool_rcpt_update *u, err *e)
     sqlite3_bind_int64(st, 2, u->next_at_ms ? u->next_at_ms : now);
     sqlite3_bind_int(st, 3, u->add_attempt ? 1 : 0);
     sqlite3_bind_int64(st, 4, now);
-    bind_text(st, 5, u->reply);
-    bind_text(st, 6, u->host);
+    spool_bind_opt(st, 5, u->reply);
+    spool_bind_opt(st, 6, u->host);
     sqlite3_bind_int64(st, 7, u->rcpt_id);
-    return step_done(tx->db, st, "updating recipient", e);
+    return spool_step_done(tx->db, st, "updating recipient", e);
 }
 
 int spool_tx_suppress(spool_tx *tx, const char *email, const char *scope, const char *reason,
                       err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db,
+    if (spool_prepare(tx->db,
                 "INSERT INTO suppressions(email, scope, reason, created_ms) VALUES(lower(?),lower(?),?,?) "
                 "ON CONFLICT(email, scope) DO UPDATE SET reason = excluded.reason",
                 &st, e))
@@ -186,17 +159,17 @@ int spool_tx_suppress(spool_tx *tx, const char *email, const char *scope, const 
     sqlite3_bind_text(st, 2, scope ? scope : "", -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 3, reason, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 4, clock_now_ms());
-    return step_done(tx->db, st, "adding suppression", e);
+    return spool_step_done(tx->db, st, "adding suppression", e);
 }
 
 int spool_tx_unsuppress(spool_tx *tx, const char *email, const char *scope, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db, "DELETE FROM suppressions WHERE email = lower(?) AND scope = lower(?)", &st, e))
+    if (spool_prepare(tx->db, "DELETE FROM suppressions WHERE email = lower(?) AND scope = lower(?)", &st, e))
         return -1;
     sqlite3_bind_text(st, 1, email, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, scope ? scope : "", -1, SQLITE_TRANSIENT);
-    if (step_done(tx->db, st, "removing suppression", e))
+    if (spool_step_done(tx->db, st, "removing suppression", e))
         return -1;
     if (sqlite3_changes(tx->db) == 0) {
         err_set(e, ERR_NOTFOUND, "%s is not suppressed", email);
@@ -208,10 +181,10 @@ int spool_tx_unsuppress(spool_tx *tx, const char *email, const char *scope, err 
 int spool_tx_delete_message(spool_tx *tx, const char *msg_id, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(tx->db, "DELETE FROM messages WHERE uid = ?", &st, e))
+    if (spool_prepare(tx->db, "DELETE FROM messages WHERE uid = ?", &st, e))
         return -1;
     sqlite3_bind_text(st, 1, msg_id, -1, SQLITE_TRANSIENT);
-    if (step_done(tx->db, st, "deleting message", e))
+    if (spool_step_done(tx->db, st, "deleting message", e))
         return -1;
     if (sqlite3_changes(tx->db) == 0) {
         err_set(e, ERR_NOTFOUND, "no message %s", msg_id);
@@ -226,12 +199,12 @@ int spool_tx_retry_now(spool_tx *tx, const char *msg_id, err *e)
     const char *sql = msg_id ? "UPDATE recipients SET next_at = ?, state = 0 WHERE state IN (0, 2) "
                                "AND msg = (SELECT id FROM messages WHERE uid = ?)"
                              : "UPDATE recipients SET next_at = ?, state = 0 WHERE state IN (0, 2)";
-    if (prepare(tx->db, sql, &st, e))
+    if (spool_prepare(tx->db, sql, &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, clock_now_ms());
     if (msg_id)
         sqlite3_bind_text(st, 2, msg_id, -1, SQLITE_TRANSIENT);
-    if (step_done(tx->db, st, "rescheduling", e))
+    if (spool_step_done(tx->db, st, "rescheduling", e))
         return -1;
     return sqlite3_changes(tx->db);
 }
@@ -380,7 +353,7 @@ static void read_rcpt(sqlite3_stmt *st, spool_rcpt *r)
 static int load_rcpts(sqlite3 *db, spool_message *m, err *e)
 {
     sqlite3_stmt *st;
-    if (prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
+    if (spool_prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
                     "WHERE r.msg = ? ORDER BY r.id",
                 &st, e))
         return -1;
@@ -433,7 +406,7 @@ int spool_message_get(spool *s, const char *id, int with_data, spool_message *ou
                                   "FROM messages WHERE uid = ?"
                                 : "SELECT id, uid, created_ms, mail_from, ingress, key_id, meta, size "
                                   "FROM messages WHERE uid = ?";
-    if (prepare(db, sql, &st, e))
+    if (spool_prepare(db, sql, &st, e))
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
@@ -460,7 +433,7 @@ int spool_due(spool *s, int64_t now_ms, spool_cursor *cur, int limit, spool_rcpt
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
     /* Row-value comparison on the partial index: a keyset scan. */
-    if (prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
+    if (spool_prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
                     "WHERE r.state IN (0, 1, 2) AND r.next_at <= ? AND (r.next_at, r.id) > (?, ?) "
                     "ORDER BY r.next_at, r.id LIMIT ?",
                 &st, e))
@@ -529,7 +502,7 @@ int spool_list(spool *s, int state, int limit, spool_message_cb cb, void *arg, e
                           : "SELECT id, uid, created_ms, mail_from, ingress, key_id, meta, size FROM messages m "
                             "WHERE EXISTS (SELECT 1 FROM recipients r WHERE r.msg = m.id AND r.state = ?2) "
                             "ORDER BY id DESC LIMIT ?1";
-    if (prepare(db, sql, &st, e))
+    if (spool_prepare(db, sql, &st, e))
         return -1;
     sqlite3_bind_int(st, 1, limit);
     if (state >= 0)
@@ -560,7 +533,7 @@ int spool_counts(spool *s, int64_t counts[RCPT_STATE_COUNT], err *e)
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
     memset(counts, 0, sizeof(int64_t) * RCPT_STATE_COUNT);
-    if (prepare(db, "SELECT state, COUNT(*) FROM recipients GROUP BY state", &st, e))
+    if (spool_prepare(db, "SELECT state, COUNT(*) FROM recipients GROUP BY state", &st, e))
         return -1;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -581,13 +554,13 @@ int spool_events(spool *s, int64_t after_id, const char *msg_id, const char *typ
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db, "SELECT id, ts_ms, msg, rcpt, type, data FROM events WHERE id > ?1 "
+    if (spool_prepare(db, "SELECT id, ts_ms, msg, rcpt, type, data FROM events WHERE id > ?1 "
                     "AND (?2 IS NULL OR msg = ?2) AND (?3 IS NULL OR type = ?3) ORDER BY id LIMIT ?4",
                 &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, after_id);
-    bind_text(st, 2, msg_id);
-    bind_text(st, 3, type);
+    spool_bind_opt(st, 2, msg_id);
+    spool_bind_opt(st, 3, type);
     sqlite3_bind_int(st, 4, limit);
     int count = 0, rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -615,7 +588,7 @@ int spool_is_suppressed(spool *s, const char *email, const char *scope, char *re
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prepare(db, "SELECT reason FROM suppressions WHERE email = lower(?1) "
+    if (spool_prepare(db, "SELECT reason FROM suppressions WHERE email = lower(?1) "
                     "AND (scope = '' OR scope = lower(?2)) LIMIT 1",
                 &st, e))
         return -1;

@@ -164,6 +164,35 @@ sqlite3 *spool_read_db(spool *s)
     return s->rdb;
 }
 
+int spool_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e)
+{
+    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK) {
+        spool_sql_err(db, rc, "preparing spool query", e);
+        return -1;
+    }
+    return 0;
+}
+
+int spool_step_done(sqlite3 *db, sqlite3_stmt *st, const char *what, err *e)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        spool_sql_err(db, rc, what, e);
+        return -1;
+    }
+    return 0;
+}
+
+void spool_bind_opt(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
 char *spool_col_str(sqlite3_stmt *st, int col)
 {
     const unsigned char *t = sqlite3_column_text(st, col);

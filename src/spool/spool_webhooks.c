@@ -12,32 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int run(sqlite3 *db, sqlite3_stmt *st, const char *what, err *e)
-{
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        spool_sql_err(db, rc, what, e);
-        return -1;
-    }
-    return 0;
-}
 
-static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e)
-{
-    int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
-    if (rc != SQLITE_OK) {
-        spool_sql_err(db, rc, "preparing webhook query", e);
-        return -1;
-    }
-    return 0;
-}
 
 int spool_tx_webhook_insert(spool_tx *tx, const spool_webhook *w, err *e)
 {
     sqlite3_stmt *st;
     /* A new endpoint starts after the newest event: it gets what happens from now on. */
-    if (prep(tx->db,
+    if (spool_prepare(tx->db,
              "INSERT INTO webhooks(id, url, events, secret, created_ms, cursor) "
              "VALUES(?,?,?,?,?, (SELECT COALESCE(MAX(id), 0) FROM events))",
              &st, e))
@@ -47,16 +28,16 @@ int spool_tx_webhook_insert(spool_tx *tx, const spool_webhook *w, err *e)
     sqlite3_bind_text(st, 3, w->events, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, w->secret, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 5, clock_now_ms());
-    return run(tx->db, st, "storing webhook", e);
+    return spool_step_done(tx->db, st, "storing webhook", e);
 }
 
 int spool_tx_webhook_delete(spool_tx *tx, const char *id, err *e)
 {
     sqlite3_stmt *st;
-    if (prep(tx->db, "DELETE FROM webhooks WHERE id = ?", &st, e))
+    if (spool_prepare(tx->db, "DELETE FROM webhooks WHERE id = ?", &st, e))
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    if (run(tx->db, st, "deleting webhook", e))
+    if (spool_step_done(tx->db, st, "deleting webhook", e))
         return -1;
     if (sqlite3_changes(tx->db) == 0) {
         err_set(e, ERR_NOTFOUND, "no webhook %s", id);
@@ -70,7 +51,7 @@ int spool_tx_webhook_progress(spool_tx *tx, const char *id, int64_t cursor, int6
 {
     sqlite3_stmt *st;
     /* MAX(): a cursor never moves backwards, even if two updates cross. */
-    if (prep(tx->db,
+    if (spool_prepare(tx->db,
              "UPDATE webhooks SET cursor = MAX(cursor, ?2), failing_since_ms = ?3, "
              "last_error = ?4, healthy = ?5 WHERE id = ?1",
              &st, e))
@@ -83,14 +64,14 @@ int spool_tx_webhook_progress(spool_tx *tx, const char *id, int64_t cursor, int6
     else
         sqlite3_bind_null(st, 4);
     sqlite3_bind_int(st, 5, healthy);
-    return run(tx->db, st, "updating webhook", e);
+    return spool_step_done(tx->db, st, "updating webhook", e);
 }
 
 int spool_webhooks(spool *s, const char *id, spool_webhook_cb cb, void *arg, err *e)
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (prep(db,
+    if (spool_prepare(db,
              "SELECT id, url, events, secret, created_ms, cursor, failing_since_ms, last_error, healthy "
              "FROM webhooks WHERE (?1 IS NULL OR id = ?1) ORDER BY created_ms, id",
              &st, e))
