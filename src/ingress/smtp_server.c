@@ -31,9 +31,14 @@
 #include <unistd.h>
 
 /* Not limits on clients but internal buffering: how far ahead of the
-   session a pipelining client may read (bufferevent high-water mark), and
-   how long a closing session waits for its last reply to drain. */
+   session a pipelining client may read (bufferevent high-water mark), how
+   many unsent replies stop command processing (a client that pipelines
+   without reading its replies is throttled by TCP instead of growing our
+   output buffer), and how long a closing session waits for its last reply
+   to drain. */
 #define READ_HIGH_WATER (256 * 1024)
+#define WRITE_HIGH_WATER (256 * 1024)
+#define WRITE_LOW_WATER (64 * 1024)
 #define CLOSE_GRACE_MS 10000
 #define REPLY_TEXT_MAX 400              /* error text quoted in a reply */
 
@@ -331,6 +336,7 @@ static void bev_setup(session *s)
 {
     bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, READ_HIGH_WATER);
+    bufferevent_setwatermark(s->bev, EV_WRITE, WRITE_LOW_WATER, 0);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
@@ -1190,8 +1196,11 @@ static int read_line(session *s, struct evbuffer *in)
 static void process(session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
     for (;;) {
         int progress;
+        if (evbuffer_get_length(out) > WRITE_HIGH_WATER)
+            break; /* on_write resumes once the client has read its replies */
         switch (s->state) {
         case SS_CMD:
         case SS_AUTH: progress = read_line(s, in); break;
@@ -1209,15 +1218,19 @@ static void on_read(struct bufferevent *bev, void *arg)
     process(arg);
 }
 
+/* Runs whenever the output drops to WRITE_LOW_WATER or below after a write. */
 static void on_write(struct bufferevent *bev, void *arg)
 {
     session *s = arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
+    size_t pending = evbuffer_get_length(bufferevent_get_output(bev));
+    if (s->state == SS_CLOSING || s->state == SS_TLS_WAIT) {
+        if (pending == 0 && s->state == SS_CLOSING)
+            session_end(s);
+        else if (pending == 0)
+            start_tls(s);
         return;
-    if (s->state == SS_CLOSING)
-        session_end(s);
-    else if (s->state == SS_TLS_WAIT)
-        start_tls(s);
+    }
+    process(s); /* resume input held back by unread replies */
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)

@@ -669,3 +669,25 @@ def test_helo_and_null_sender(srv):
     assert code == 250, text
     assert queue_json(srv, queued_id(text))["mail_from"] == ""
     c.close()
+
+
+def test_unread_replies_throttle_a_pipelining_client(srv):
+    """A client that pipelines commands but never reads the replies is held
+    back by TCP once a bounded amount of replies is waiting: the server does
+    not buffer a reply for every command it could read."""
+    c = RawSMTP(srv.smtp_port)
+    c.sock.settimeout(2.0 * SLOW)
+    chunk = b"NOOP\r\n" * 100000  # 600 KB of commands, 1.4 MB of replies
+    sent = 0
+    with pytest.raises((TimeoutError, OSError)):
+        for _ in range(100):      # up to 60 MB: far more than any socket buffers
+            c.sock.sendall(chunk)
+            sent += len(chunk)
+    assert sent < 30 * len(chunk), f"server swallowed {sent} bytes of unanswered commands"
+    with open(f"/proc/{srv.proc.pid}/status") as f:
+        rss_kb = int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+    assert rss_kb < 200 * 1024 * (2 if SLOW > 1 else 1), rss_kb
+    other = RawSMTP(srv.smtp_port)  # and everyone else is still served
+    assert other.cmd("NOOP")[0] == 250
+    other.close()
+    c.close()
