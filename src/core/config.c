@@ -516,29 +516,6 @@ static cfg_domain *domain_section(config *c, const char *name)
     return d;
 }
 
-static int on_domain_key(load_ctx *ctx, const char *section, const char *key, const char *value)
-{
-    const char *name = section + strlen("domain ");
-    while (*name == ' ')
-        name++;
-    if (!*name) {
-        fail(ctx, "section [%s] needs a domain name, e.g. [domain example.com]", section);
-        return 0;
-    }
-    for (size_t i = 0; i < NDOMAIN_DEFS; i++) {
-        if (strcmp(domain_defs[i].key, key) != 0)
-            continue;
-        char why[160];
-        if (set_value(domain_section(ctx->cfg, name), &domain_defs[i], value, why, sizeof why)) {
-            fail(ctx, "[%s] %s: %s", section, key, why);
-            return 0;
-        }
-        return 1;
-    }
-    fail(ctx, "unknown key '%s' in section [%s]", key, section);
-    return 0;
-}
-
 static cfg_sender *sender_section(config *c, const char *name)
 {
     for (cfg_sender *d = c->senders; d; d = d->next)
@@ -554,50 +531,74 @@ static cfg_sender *sender_section(config *c, const char *name)
     return d;
 }
 
-static int on_sender_key(load_ctx *ctx, const char *section, const char *key, const char *value)
+/* Sections that repeat with a name: [domain example.com], [sender example.com]. */
+typedef struct named_kind {
+    const char *prefix; /* "domain " */
+    const cfg_def *defs;
+    size_t ndefs;
+    void *(*section)(config *c, const char *name);
+} named_kind;
+
+static void *domain_any(config *c, const char *name)
 {
-    const char *name = section + strlen("sender ");
-    while (*name == ' ')
-        name++;
-    if (!*name) {
-        fail(ctx, "section [%s] needs a domain name, e.g. [sender example.com]", section);
-        return 0;
-    }
-    for (size_t i = 0; i < NSENDER_DEFS; i++) {
-        if (strcmp(sender_defs[i].key, key) != 0)
+    return domain_section(c, name);
+}
+
+static void *sender_any(config *c, const char *name)
+{
+    return sender_section(c, name);
+}
+
+static const named_kind named_kinds[] = {
+    {"domain ", domain_defs, NDOMAIN_DEFS, domain_any},
+    {"sender ", sender_defs, NSENDER_DEFS, sender_any},
+};
+
+/* Set key from table on base. 1 done, 0 failed (ctx has why), -1 no such key. */
+static int set_from(load_ctx *ctx, void *base, const cfg_def *table, size_t n, const char *section,
+                    const char *key, const char *value)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(table[i].key, key) != 0 || (table == defs && strcmp(table[i].section, section) != 0))
             continue;
         char why[160];
-        if (set_value(sender_section(ctx->cfg, name), &sender_defs[i], value, why, sizeof why)) {
+        if (set_value(base, &table[i], value, why, sizeof why)) {
             fail(ctx, "[%s] %s: %s", section, key, why);
             return 0;
         }
         return 1;
     }
-    fail(ctx, "unknown key '%s' in section [%s]", key, section);
-    return 0;
+    return -1;
+}
+
+static int on_named_key(load_ctx *ctx, const named_kind *k, const char *section, const char *key,
+                        const char *value)
+{
+    const char *name = section + strlen(k->prefix);
+    while (*name == ' ')
+        name++;
+    if (!*name) {
+        fail(ctx, "section [%s] needs a domain name, e.g. [%sexample.com]", section, k->prefix);
+        return 0;
+    }
+    int rc = set_from(ctx, k->section(ctx->cfg, name), k->defs, k->ndefs, section, key, value);
+    if (rc < 0)
+        fail(ctx, "unknown key '%s' in section [%s]", key, section);
+    return rc > 0;
 }
 
 static int on_key(void *user, const char *section, const char *key, const char *value)
 {
     load_ctx *ctx = user;
-    if (strncmp(section, "domain ", 7) == 0)
-        return on_domain_key(ctx, section, key, value);
-    if (strncmp(section, "sender ", 7) == 0)
-        return on_sender_key(ctx, section, key, value);
+    for (size_t i = 0; i < sizeof named_kinds / sizeof named_kinds[0]; i++)
+        if (strncmp(section, named_kinds[i].prefix, strlen(named_kinds[i].prefix)) == 0)
+            return on_named_key(ctx, &named_kinds[i], section, key, value);
+    int rc = set_from(ctx, ctx->cfg, defs, NDEFS, section, key, value);
+    if (rc >= 0)
+        return rc;
     int section_known = 0;
-    for (size_t i = 0; i < NDEFS; i++) {
-        if (strcmp(defs[i].section, section) != 0)
-            continue;
-        section_known = 1;
-        if (strcmp(defs[i].key, key) != 0)
-            continue;
-        char why[160];
-        if (set_value(ctx->cfg, &defs[i], value, why, sizeof why)) {
-            fail(ctx, "[%s] %s: %s", section, key, why);
-            return 0;
-        }
-        return 1;
-    }
+    for (size_t i = 0; i < NDEFS; i++)
+        section_known |= strcmp(defs[i].section, section) == 0;
     if (!section_known)
         fail(ctx, "unknown section [%s]", section);
     else
