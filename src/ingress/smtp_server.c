@@ -793,6 +793,13 @@ static void do_rcpt(session *s, const smtp_cmd *c)
     addr a;
     if (parse_path(s, c, 0, &p) || path_mailbox(s, &p, s->smtputf8, 0, &a))
         return;
+    /* A repeated recipient is acknowledged but stored once, so it is not
+       delivered twice. Linear: the list is bounded by max_recipients. */
+    for (size_t i = 0; i < s->nrcpts; i++)
+        if (strcmp(s->rcpts[i], a.full) == 0) {
+            reply(s, "250 2.1.5 Ok (duplicate recipient)");
+            return;
+        }
     if (s->nrcpts >= s->sm->lim.max_rcpts) {
         reply(s, "452 4.5.3 Too many recipients (limit %zu per message)", s->sm->lim.max_rcpts);
         return;

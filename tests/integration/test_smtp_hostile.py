@@ -419,6 +419,19 @@ def test_recipient_limit(mk):
     assert len(queue_json(srv, queued_id(text))["recipients"]) == 3
 
 
+def test_duplicate_recipient_stored_once(srv):
+    with session(srv, srv.key) as c:
+        start_tx(c, rcpts=(TO, "other@example.org"))
+        code, text = c.cmd(f"RCPT TO:<{TO}>")
+        assert code == 250 and "duplicate" in text
+        code, text = c.cmd("RCPT TO:<user@EXAMPLE.org>")  # same mailbox: domains are case-blind
+        assert code == 250 and "duplicate" in text
+        code, text = send_data(c, message())
+        assert code == 250
+    assert sorted(r["email"] for r in queue_json(srv, queued_id(text))["recipients"]) == \
+        ["other@example.org", TO]
+
+
 def test_header_section_limit(mk):
     srv = mk({"smtp": {"max_header_size": "1K"}})
     with session(srv, srv.key) as c:
