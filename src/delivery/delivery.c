@@ -8,6 +8,7 @@
 #include "delivery/bounce.h"
 #include "delivery/dns.h"
 #include "delivery/retry.h"
+#include "outcome/outcome.h"
 #include "delivery/route.h"
 #include "delivery/smtp_client.h"
 #include "submit/submit.h"
@@ -537,6 +538,17 @@ static void log_outcome(const char *msg_id, const outcome *o, int attempt)
            "rcpt", o->addr, "host", o->host, "reply", o->reply, "attempt", attempt);
 }
 
+/* Metrics the event counters cannot give: hard/soft bounces and how long
+   delivery took from acceptance. */
+static void count_outcome(delivery *dv, const outcome *o, int64_t created_ms)
+{
+    metrics *m = dv->srv->metrics;
+    if (o->state == RCPT_DELIVERED)
+        outcome_observe(m, M_DELIVERY_LATENCY, (double)(clock_now_ms() - created_ms) / 1000.0);
+    else if (o->state == RCPT_BOUNCED)
+        outcome_count(m, M_BOUNCED, o->suppress ? "hard" : "soft", 1);
+}
+
 /* Record the results of one job (one result per recipient) and hand the
    job's recipients over to the write; m is the message (meta is enough). */
 static void record(delivery *dv, job *j, const spool_message *m, const smtpc_result *res, const char *host,
@@ -554,6 +566,7 @@ static void record(delivery *dv, job *j, const spool_message *m, const smtpc_res
         o->addr = xstrdup(j->addrs[i]);
         decide(dv, o, &res[i], j->attempts[i] + 1, m->created_ms, host, tls);
         log_outcome(j->msg_id, o, j->attempts[i] + 1);
+        count_outcome(dv, o, m->created_ms);
         failed |= o->state == RCPT_BOUNCED || o->state == RCPT_EXPIRED;
     }
     w->ndr = failed && bounce_wanted(dv->srv->cfg, m->ingress, m->mail_from);
@@ -949,6 +962,12 @@ void delivery_kick(server *srv)
     delivery *dv = srv ? srv->delivery : NULL;
     if (dv && dv->tick && !dv->paused && !dv->draining)
         event_active(dv->tick, 0, 0);
+}
+
+size_t delivery_connections(server *srv)
+{
+    delivery *dv = srv ? srv->delivery : NULL;
+    return dv && dv->nconns_total > 0 ? (size_t)dv->nconns_total : 0;
 }
 
 static void component_drain(server *srv)

@@ -37,6 +37,8 @@
 #ifndef PH_DELIVERY_DELIVERY_H
 #define PH_DELIVERY_DELIVERY_H
 
+#include <stddef.h>
+
 struct server_component;
 struct server;
 extern const struct server_component delivery_component;
@@ -45,5 +47,7 @@ extern const struct server_component delivery_component;
    tick (for ingress, right after a submission is committed). Safe to call
    at any time on the loop; does nothing while paused or draining. */
 void delivery_kick(struct server *srv);
+/* Outbound SMTP connections open now (for the connections gauge). */
+size_t delivery_connections(struct server *srv);
 
 #endif

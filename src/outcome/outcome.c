@@ -3,6 +3,8 @@
 #include "core/clock.h"
 #include "core/mem.h"
 #include "core/server.h"
+#include "delivery/delivery.h"
+#include "ingress/smtp_server.h"
 
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@ static const char *const counter_help[][3] = {
     {M_EVENTS, "Recipient events committed to the spool, by type", "type"},
     {M_REJECTED, "Submissions refused at ingress, by reason", "reason"},
     {M_AUTH_FAILURES, "Failed authentications, by ingress", "ingress"},
+    {M_BOUNCED, "Recipients bounced, by kind (hard: permanent address failure, soft: other 5xx)", "kind"},
 };
 
 static void register_all(metrics *m)
@@ -76,6 +79,9 @@ static void collect(void *arg, metrics *m)
     if (spool_counts(o->srv->spool, counts, &e) == 0)
         for (int i = 0; i < RCPT_STATE_COUNT; i++)
             metrics_set(metrics_gauge(m, M_QUEUE_DEPTH, "", "state"), spool_state_name(i), (double)counts[i]);
+    metric *conns = metrics_gauge(m, M_CONNECTIONS, "", "direction");
+    metrics_set(conns, "in", (double)smtps_sessions(o->srv->smtp));
+    metrics_set(conns, "out", (double)delivery_connections(o->srv));
     int64_t oldest = spool_oldest_pending_ms(o->srv->spool);
     double age = oldest > 0 ? (double)(clock_now_ms() - oldest) / 1000.0 : 0;
     metrics_set(metrics_gauge(m, M_OLDEST_AGE, "", NULL), NULL, age > 0 ? age : 0);

@@ -18,6 +18,7 @@
 #define M_EVENTS "posthaste_recipient_events_total"          /* {type} */
 #define M_REJECTED "posthaste_rejected_total"                /* {reason} */
 #define M_AUTH_FAILURES "posthaste_auth_failures_total"      /* {ingress} */
+#define M_BOUNCED "posthaste_bounced_total"                  /* {kind}: hard, soft */
 /* Gauges */
 #define M_QUEUE_DEPTH "posthaste_queue_depth"                /* {state} */
 #define M_OLDEST_AGE "posthaste_oldest_queued_age_seconds"

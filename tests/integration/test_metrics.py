@@ -68,3 +68,33 @@ def test_metrics_need_a_read_key(server):
     r = requests.get(f"{server.api_url}/metrics", headers={"Authorization": f"Bearer {send_only}"},
                      timeout=10 * SLOW)
     assert r.status_code == 403
+
+
+def test_delivery_metrics_count_outcomes(make_server):
+    """delivered / bounced hard and soft / delivery latency / outbound connections."""
+    from delivery_receivers import (Dnsmasq, ScriptedSMTP, delivery_sections, free_port_on,
+                                    loopback_net, submit, wait_states)
+    pre = loopback_net()
+    mx_ip = pre + "2"
+    port = free_port_on([mx_ip])
+    dns = Dnsmasq(pre + "1", ["--mx-host=s.test,mx.s.test,10", f"--host-record=mx.s.test,{mx_ip}"]).start()
+    answers = {"ok@s.test": None, "gone@s.test": "550 5.1.1 user unknown",
+               "full@s.test": "552 5.2.2 mailbox full"}
+    rx = ScriptedSMTP(mx_ip, port, rcpt=lambda a: answers[a]).start()
+    try:
+        srv = make_server(delivery_sections(dns.server, port))
+        key = srv.create_key("--scope", "read")
+        [msg] = submit(srv, 1, "app@src.test", list(answers), ingress="api")
+        wait_states(srv, msg, {"ok@s.test": "delivered", "gone@s.test": "bounced",
+                               "full@s.test": "bounced"})
+        text = scrape(srv, key)
+        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert value(text, "posthaste_recipient_events_total", '{type="delivered"}') == 1
+        assert value(text, "posthaste_recipient_events_total", '{type="bounced"}') == 2
+        assert value(text, "posthaste_bounced_total", '{kind="hard"}') == 1
+        assert value(text, "posthaste_bounced_total", '{kind="soft"}') == 1
+        assert value(text, "posthaste_delivery_latency_seconds_count") == 1
+    finally:
+        rx.stop()
+        dns.stop()
