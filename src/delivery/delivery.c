@@ -936,6 +936,11 @@ static void arm_tick(delivery *dv)
 
 static void component_stop(server *srv);
 
+static void kick_cb(void *arg)
+{
+    delivery_kick(arg);
+}
+
 static int component_start(server *srv, err *e)
 {
     delivery *dv = xcalloc(1, sizeof *dv);
@@ -952,6 +957,8 @@ static int component_start(server *srv, err *e)
     dv->tick = event_new(srv->base, -1, EV_PERSIST, on_tick, dv);
     arm_tick(dv);
     event_active(dv->tick, 0, 0);
+    /* New mail is scanned for as soon as it commits, not at the next interval. */
+    submit_on_queued(srv->submit, kick_cb, srv);
     log_ev(LOG_INFO, "delivery_started", "{s:b,s:s,s:s}", "paused", dv->paused, "route", srv->cfg->delivery_route,
            "dns_servers", *srv->cfg->dns_servers ? srv->cfg->dns_servers : "resolv.conf");
     return 0;

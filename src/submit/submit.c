@@ -57,6 +57,8 @@ struct submit {
     int unsub_ok;
     char *public_url, *unsub_mailto;
     metrics *metrics; /* the server's registry, or NULL (CLI, tests) */
+    void (*on_queued)(void *arg);
+    void *on_queued_arg;
 };
 
 static pthread_once_t gmime_once = PTHREAD_ONCE_INIT;
@@ -159,6 +161,12 @@ void submit_free(submit *sb)
     }
     free(sb->hostname);
     free(sb);
+}
+
+void submit_on_queued(submit *sb, void (*fn)(void *arg), void *arg)
+{
+    sb->on_queued = fn;
+    sb->on_queued_arg = arg;
 }
 
 size_t submit_in_flight(submit *sb)
@@ -492,6 +500,8 @@ static void on_committed(void *arg, const char *id, const err *e)
 {
     job *j = arg;
     j->sb->in_flight--;
+    if (!e && j->sb->on_queued && j->not_before_ms <= clock_now_ms())
+        j->sb->on_queued(j->sb->on_queued_arg);
     if (!e) {
         outcome_count(j->sb->metrics, M_ACCEPTED, j->ingress, 1);
         outcome_observe(j->sb->metrics, M_ACCEPT_LATENCY, (double)(clock_mono_ms() - j->started_ms) / 1000.0);

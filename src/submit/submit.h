@@ -85,6 +85,9 @@ int submit_message(submit *sb, const submit_req *r, submit_cb cb, void *arg, err
    milliseconds until they would be (nothing taken). Keys without a rate
    always pass. */
 int64_t submit_rate_take(submit *sb, const spool_key *k, double n);
+/* Call fn(arg) on the event loop after each message due now commits
+   (delivery uses it to scan at once). One hook; NULL removes it. */
+void submit_on_queued(submit *sb, void (*fn)(void *arg), void *arg);
 /* Submissions accepted but not yet committed (for draining). */
 size_t submit_in_flight(submit *sb);
 
