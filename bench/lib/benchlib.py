@@ -512,6 +512,8 @@ def fmt(v, digits=1):
         return "-"
     if isinstance(v, str):
         return v
+    if isinstance(v, int):
+        return f"{v:,}"
     return f"{v:,.{digits}f}"
 
 
