@@ -44,6 +44,7 @@ int cmd_queue(int argc, char **argv);
 int cmd_dkim(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 int cmd_sendmail(int argc, char **argv);
+int cmd_suppress(int argc, char **argv);
 int cmd_version(int argc, char **argv);
 int cmd_help(int argc, char **argv);
 

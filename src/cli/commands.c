@@ -81,6 +81,15 @@ static const cli_command commands[] = {
      "written to spool_dir/maildrop, which `serve` picks up.\n"
      "Exit: 0 accepted or dropped for pickup; 64 usage; 65 bad message; 73 cannot\n"
      "write the maildrop; 75 server down (kept in the maildrop); 77 key refused.\n"},
+    {"suppress", cmd_suppress, "manage the suppression list",
+     "usage: posthaste suppress add EMAIL [--scope DOMAIN] [--reason R] [-c CONFIG]\n"
+     "       posthaste suppress remove EMAIL [--scope DOMAIN] [-c CONFIG]\n"
+     "       posthaste suppress list [--json] [--limit N] [-c CONFIG]\n"
+     "\n"
+     "A suppressed address is stored as 'suppressed' and never contacted. Without\n"
+     "--scope the entry applies to mail from every sender domain; with it, only to\n"
+     "mail from that domain (one-click unsubscribes are scoped so).\n"
+     "Reasons: hard_bounce, complaint, unsubscribe, manual (default).\n"},
     {"version", cmd_version, "print the version", "usage: posthaste version\n"},
     {"help", cmd_help, "help on a command, or on configuration",
      "usage: posthaste help [COMMAND]\n"

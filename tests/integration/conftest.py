@@ -89,13 +89,33 @@ class Server:
     def api_url(self):
         return f"http://127.0.0.1:{self.api_port}"
 
-    def start(self, wait_ready=True):
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([BIN, "serve", "-c", self.config],
-                                     stdout=self.log, stderr=self.log)
-        if wait_ready:  # this process's ready line, not one from an earlier start
-            self.wait_log("ready", timeout=15, pred=lambda l: l.get("pid") == self.proc.pid)
+    def start(self, wait_ready=True, attempts=3):
+        for attempt in range(attempts):
+            self.log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen([BIN, "serve", "-c", self.config],
+                                         stdout=self.log, stderr=self.log)
+            if not wait_ready:
+                return self
+            try:  # this process's ready line, not one from an earlier start
+                self.wait_log("ready", timeout=15, pred=lambda l: l.get("pid") == self.proc.pid)
+                return self
+            except AssertionError as e:
+                # free_port() can race with another process taking the port;
+                # only then pick new ports and try again.
+                if "cannot bind" not in str(e) or attempt == attempts - 1:
+                    raise
+                self.proc.wait()
+                self.log.close()
+                self.repick_ports()
         return self
+
+    def repick_ports(self):
+        self.smtp_port, self.smtps_port, self.api_port = free_port(), free_port(), free_port()
+        self.sections["smtp"]["listen"] = f"127.0.0.1:{self.smtp_port}"
+        self.sections["smtp"]["listen_tls"] = f"127.0.0.1:{self.smtps_port}"
+        self.sections["api"]["listen"] = f"127.0.0.1:{self.api_port}"
+        self.sections["api"]["public_url"] = f"http://127.0.0.1:{self.api_port}"
+        self.write_config()
 
     def logs(self):
         with open(self.log_path, "rb") as f:

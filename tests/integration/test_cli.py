@@ -6,7 +6,7 @@ import subprocess
 
 from conftest import BIN, ROOT, run_cli
 
-COMMANDS = ["serve", "keys", "queue", "version", "help"]
+COMMANDS = ["serve", "keys", "queue", "send", "sendmail", "dkim", "doctor", "suppress", "version", "help"]
 
 
 def test_help_and_usage_exit_codes():
@@ -101,3 +101,21 @@ def test_queue_commands_on_empty_and_missing(tmp_path):
     p = run_cli("queue", "list", "--state", "weird", config=conf, check=False)
     assert p.returncode == 2 and "unknown state" in p.stderr
     assert run_cli("queue", "check", config=conf).stdout.strip() == "ok"
+
+
+def test_suppress_command(tmp_path):
+    conf = write(tmp_path, f"[server]\nspool_dir = {tmp_path}/spool\n")
+    assert run_cli("suppress", "add", "Ann@Example.ORG", "--reason", "complaint", config=conf).returncode == 0
+    assert run_cli("suppress", "add", "bob@example.org", "--scope", "shop.example", config=conf).returncode == 0
+    listed = json.loads(run_cli("suppress", "list", "--json", config=conf).stdout)
+    assert [(x["email"], x["scope"], x["reason"]) for x in listed] == [
+        ("ann@example.org", "", "complaint"), ("bob@example.org", "shop.example", "manual")]
+    p = run_cli("suppress", "add", "not-an-address", config=conf, check=False)
+    assert p.returncode == 2 and "not-an-address" in p.stderr
+    p = run_cli("suppress", "add", "c@example.org", "--reason", "because", config=conf, check=False)
+    assert p.returncode == 2 and "--reason" in p.stderr
+    assert run_cli("suppress", "remove", "ann@example.org", config=conf).returncode == 0
+    p = run_cli("suppress", "remove", "ann@example.org", config=conf, check=False)
+    assert p.returncode == 1 and "not suppressed" in p.stderr
+    assert [x["email"] for x in json.loads(run_cli("suppress", "list", "--json", config=conf).stdout)] == [
+        "bob@example.org"]
