@@ -36,6 +36,7 @@ static int keys_create_cmd(int argc, char **argv)
         {"name", required_argument, 0, 'n'},          {"scope", required_argument, 0, 's'},
         {"sender-domain", required_argument, 0, 'd'}, {"allow-ip", required_argument, 0, 'i'},
         {"rate", required_argument, 0, 'r'},          {"require-signing", no_argument, 0, 'S'},
+        {"bulk", no_argument, 0, 'B'},
         {"config", required_argument, 0, 'c'},        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -77,6 +78,7 @@ static int keys_create_cmd(int argc, char **argv)
             }
             break;
         case 'S': spec.require_signing = 1; break;
+        case 'B': spec.bulk = 1; break;
         case 'c': conf = optarg; break;
         case 'h': rc = cli_usage("keys", 0); goto out;
         default: goto out;
@@ -134,10 +136,10 @@ static void print_key(void *arg, const spool_key *k)
     clock_rfc3339(k->created_ms, created, sizeof created);
     if (arr) {
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:f,s:b,s:s,s:b}", "id", k->id, "name", k->name, "scopes",
+            arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:f,s:b,s:b,s:s,s:b}", "id", k->id, "name", k->name, "scopes",
                            scopes, "sender_domains", k->sender_domains, "allow_ips", k->allow_ips,
-                           "rate", k->rate, "require_signing", k->require_signing, "created", created,
-                           "revoked", k->revoked_ms != 0));
+                           "rate", k->rate, "require_signing", k->require_signing, "bulk", k->bulk,
+                           "created", created, "revoked", k->revoked_ms != 0));
         return;
     }
     printf("%-12s  %-20s  %-16s  %-8s  %s%s\n", k->id, k->name, scopes,

@@ -20,13 +20,15 @@ static const cli_command commands[] = {
     {"keys", cmd_keys, "create, list and revoke API keys",
      "usage: posthaste keys create --name NAME [--scope send|read|admin ...]\n"
      "                             [--sender-domain D ...] [--allow-ip CIDR ...]\n"
-     "                             [--rate N/s] [--require-signing] [-c CONFIG]\n"
+     "                             [--rate N/s] [--require-signing] [--bulk] [-c CONFIG]\n"
      "       posthaste keys list [--json] [-c CONFIG]\n"
      "       posthaste keys revoke ID [-c CONFIG]\n"
      "\n"
      "A key (ph_<id>_<secret>) is printed once by create and never again; only a\n"
      "hash is stored. The same key is the SMTP AUTH password and the API Bearer token.\n"
-     "Scopes: send (submit mail), read (status, events), admin (keys, suppressions).\n"},
+     "Scopes: send (submit mail), read (status, events), admin (keys, suppressions).\n"
+     "--bulk marks the key's mail as bulk: every message gets one-click unsubscribe\n"
+     "headers (and must have one recipient).\n"},
     {"send", cmd_send, "send one message through the HTTP API",
      "usage: posthaste send --key-env VAR --from ADDR --to ADDR [--to ADDR ...]\n"
      "                      [--cc ADDR ...] [--bcc ADDR ...] [--subject S]\n"

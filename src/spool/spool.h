@@ -328,6 +328,7 @@ typedef struct spool_key {
     int require_signing;
     int64_t created_ms;
     int64_t revoked_ms;       /* 0 = active */
+    int bulk;                 /* its mail gets one-click unsubscribe links */
 } spool_key;
 
 int spool_key_insert(spool *s, const spool_key *k, err *e);

@@ -25,7 +25,7 @@ static int key_insert_fn(spool_tx *tx, void *arg, err *e)
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(tx->db,
                                 "INSERT INTO api_keys(id, name, hash, scopes, sender_domains, allow_ips, "
-                                "rate, require_signing, created_ms) VALUES(?,?,?,?,?,?,?,?,?)",
+                                "rate, require_signing, created_ms, bulk) VALUES(?,?,?,?,?,?,?,?,?,?)",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK) {
         spool_sql_err(tx->db, rc, "storing key", e);
@@ -39,6 +39,7 @@ static int key_insert_fn(spool_tx *tx, void *arg, err *e)
     sqlite3_bind_text(st, 6, k->allow_ips ? k->allow_ips : "", -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 7, k->rate);
     sqlite3_bind_int(st, 8, k->require_signing);
+    sqlite3_bind_int(st, 10, k->bulk);
     sqlite3_bind_int64(st, 9, k->created_ms);
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
@@ -67,12 +68,13 @@ static void read_key(sqlite3_stmt *st, spool_key *k)
     k->allow_ips = spool_col_str(st, 5);
     k->rate = sqlite3_column_double(st, 6);
     k->require_signing = sqlite3_column_int(st, 7);
+    k->bulk = sqlite3_column_int(st, 10);
     k->created_ms = sqlite3_column_int64(st, 8);
     k->revoked_ms = sqlite3_column_int64(st, 9);
 }
 
 #define KEY_COLUMNS \
-    "id, name, hash, scopes, sender_domains, allow_ips, rate, require_signing, created_ms, revoked_ms"
+    "id, name, hash, scopes, sender_domains, allow_ips, rate, require_signing, created_ms, revoked_ms, bulk"
 
 int spool_key_get(spool *s, const char *id, spool_key *out, err *e)
 {

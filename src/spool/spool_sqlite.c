@@ -140,6 +140,9 @@ static const char *const migrations[] = {
     "CREATE INDEX rcpt_addr_nocase ON recipients(addr COLLATE NOCASE);"
     "CREATE INDEX messages_key_created ON messages(key_id, created_ms);"
     "CREATE INDEX events_ts ON events(ts_ms);",
+
+    /* 4: keys whose mail is bulk get one-click unsubscribe links. */
+    "ALTER TABLE api_keys ADD COLUMN bulk INTEGER NOT NULL DEFAULT 0;",
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -72,6 +72,7 @@ int keys_create(spool *s, const keys_spec *spec, char token[KEYS_TOKEN_MAX], spo
     k.allow_ips = (char *)(spec->allow_ips ? spec->allow_ips : "");
     k.rate = spec->rate;
     k.require_signing = spec->require_signing;
+    k.bulk = spec->bulk;
     k.created_ms = clock_now_ms();
     if (spool_key_insert(s, &k, e))
         return -1;

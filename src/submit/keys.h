@@ -27,6 +27,7 @@ typedef struct keys_spec {
     const char *allow_ips;      /* comma-separated CIDRs or NULL */
     double rate;                /* messages per second, 0 = unlimited */
     int require_signing;
+    int bulk;                   /* mark its mail bulk: List-Unsubscribe on every message */
 } keys_spec;
 
 /* Create a key; token receives the full key (shown once). */

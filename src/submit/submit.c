@@ -351,7 +351,7 @@ static int copy_field(const char *f, size_t len, size_t name_len, buf *out, err 
    same List-Unsubscribe headers as the API's "unsubscribe": true. */
 static int wants_unsubscribe(const submit_req *r, const hdr_section *h)
 {
-    if (r->unsubscribe)
+    if (r->unsubscribe || (r->key && r->key->bulk))
         return 1;
     long i = hdr_find(h, r->data, "X-Posthaste-Unsubscribe");
     if (i < 0)

@@ -121,3 +121,15 @@ def test_smtp_style_header_request(make_server):
     data = raw(srv, m["id"])
     assert b"List-Unsubscribe: <http://" in data
     assert b"X-Posthaste-Unsubscribe" not in data
+
+
+def test_bulk_key_always_gets_unsubscribe_links(make_server):
+    srv, _, _ = start_signed(make_server)
+    bulk = srv.create_key("--bulk")
+    r = send(srv, bulk, "reader@example.org")
+    assert r.status_code == 202, r.text
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in raw(srv, r.json()["id"])
+    r = send(srv, bulk, ["a@example.org", "b@example.org"])
+    assert r.status_code == 422
+    listed = json.loads(srv.cli("keys", "list", "--json").stdout)
+    assert [k["bulk"] for k in listed] == [False, True]
