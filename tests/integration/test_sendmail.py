@@ -103,3 +103,27 @@ def test_usage_and_bad_input(server):
     assert p.returncode == 64
     time.sleep(1.2 * SLOW)  # one pickup interval: nothing was dropped either
     assert queued(server) == []
+
+
+def test_dropped_while_down_is_delivered_after_start(make_server):
+    """sendmail with the server down: kept in the maildrop, delivered once serve runs."""
+    from delivery_receivers import (Dnsmasq, ScriptedSMTP, delivery_sections, free_port_on,
+                                    loopback_net, wait_for)
+    pre = loopback_net()
+    mx_ip = pre + "2"
+    port = free_port_on([mx_ip])
+    dns = Dnsmasq(pre + "1", ["--mx-host=s.test,mx.s.test,10", f"--host-record=mx.s.test,{mx_ip}"]).start()
+    rx = ScriptedSMTP(mx_ip, port).start()
+    try:
+        srv = make_server(delivery_sections(dns.server, port), start=False)
+        key = srv.create_key()
+        p = sendmail(srv, "-f", "cron@example.com", "ops@s.test",
+                     input=b"Subject: disk full\n\n/var is at 99%\n", env={"POSTHASTE_KEY": key})
+        assert p.returncode == 75, p.stderr  # server down: EX_TEMPFAIL, kept for pickup
+        srv.start()
+        wait_for(lambda: rx.messages, 15, "delivery of the dropped message")
+        (m,) = rx.messages
+        assert m.rcpts == ["ops@s.test"] and b"/var is at 99%" in m.data
+    finally:
+        rx.stop()
+        dns.stop()
