@@ -136,9 +136,24 @@ static void retry_schedule(void **state)
     assert_int_equal(cfg_parse_schedule("soon", v, 16, &e), -1);
 }
 
+/* The shipped example must stay valid as keys change. */
+static void example_config_loads(void **state)
+{
+    (void)state;
+    err e;
+    config *c = cfg_load("examples/posthaste.conf", &e);
+    if (!c)
+        fail_msg("%s", e.msg);
+    assert_string_equal(c->smtp_listen, "0.0.0.0:587");
+    assert_string_equal(c->smtp_listen_tls, "0.0.0.0:465");
+    assert_non_null(cfg_find_domain(c, "example.org"));
+    cfg_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(example_config_loads),
         cmocka_unit_test(defaults_work_on_loopback),
         cmocka_unit_test(parses_units),
         cmocka_unit_test(errors_name_file_line_and_reason),
