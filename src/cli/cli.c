@@ -62,6 +62,16 @@ spool *cli_open_spool(const config *cfg)
     return s;
 }
 
+spool *cli_spool_for(const char *conf_path)
+{
+    config *cfg = cli_load_config(conf_path);
+    if (!cfg)
+        return NULL;
+    spool *s = cli_open_spool(cfg);
+    cfg_free(cfg);
+    return s;
+}
+
 int cli_usage(const char *cmd, int as_error)
 {
     const cli_command *c = cli_find(cmd);

@@ -30,6 +30,9 @@ void cli_print_usage(FILE *out);
 config *cli_load_config(const char *path);
 /* Open the configured spool (creating spool_dir); prints the error and returns NULL. */
 spool *cli_open_spool(const config *cfg);
+/* Load the config (as cli_load_config) and open its spool; NULL after
+   printing the error. */
+spool *cli_spool_for(const char *conf_path);
 /* Options for a spool from the config. */
 void cli_spool_opts(const config *cfg, spool_opts *o, char **path_out);
 /* Print a command's usage and return EXIT_USAGE (or EXIT_OK for --help). */

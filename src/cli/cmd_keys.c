@@ -166,11 +166,7 @@ static int keys_list_cmd(int argc, char **argv)
         else
             return EXIT_USAGE;
     }
-    config *cfg = cli_load_config(conf);
-    if (!cfg)
-        return EXIT_RUNTIME;
-    spool *s = cli_open_spool(cfg);
-    cfg_free(cfg);
+    spool *s = cli_spool_for(conf);
     if (!s)
         return EXIT_RUNTIME;
     json_t *arr = json ? json_array() : NULL;
@@ -212,11 +208,7 @@ static int keys_revoke_cmd(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *id = argv[optind];
-    config *cfg = cli_load_config(conf);
-    if (!cfg)
-        return EXIT_RUNTIME;
-    spool *s = cli_open_spool(cfg);
-    cfg_free(cfg);
+    spool *s = cli_spool_for(conf);
     if (!s)
         return EXIT_RUNTIME;
     err e;

@@ -116,11 +116,7 @@ static void dump_json(json_t *j)
 
 static int with_spool(const queue_args *a, spool **out)
 {
-    config *cfg = cli_load_config(a->conf);
-    if (!cfg)
-        return EXIT_RUNTIME;
-    *out = cli_open_spool(cfg);
-    cfg_free(cfg);
+    *out = cli_spool_for(a->conf);
     return *out ? EXIT_OK : EXIT_RUNTIME;
 }
 

@@ -92,11 +92,7 @@ static int sup_fn(spool_tx *tx, void *arg, err *e)
 
 static int change(sup_args *a, int add)
 {
-    config *cfg = cli_load_config(a->conf);
-    if (!cfg)
-        return EXIT_RUNTIME;
-    spool *s = cli_open_spool(cfg);
-    cfg_free(cfg);
+    spool *s = cli_spool_for(a->conf);
     if (!s)
         return EXIT_RUNTIME;
     sup_op op = {a, add};
@@ -126,11 +122,7 @@ static void print_one(void *arg, const spool_suppression *sp)
 
 static int list(sup_args *a)
 {
-    config *cfg = cli_load_config(a->conf);
-    if (!cfg)
-        return EXIT_RUNTIME;
-    spool *s = cli_open_spool(cfg);
-    cfg_free(cfg);
+    spool *s = cli_spool_for(a->conf);
     if (!s)
         return EXIT_RUNTIME;
     json_t *arr = a->json ? json_array() : NULL;
