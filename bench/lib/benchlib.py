@@ -146,15 +146,26 @@ def stop_pid(pid, timeout=15.0):
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _gone(pid):
+    """Exited: reaped by us (our child) or by its parent, or a zombie."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child (Postfix's master)
+    try:
+        return _stat(pid)[0] == "Z"
+    except OSError:
+        return True
 
 
 # ---- /proc measurements -------------------------------------------------------
