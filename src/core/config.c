@@ -430,6 +430,8 @@ static int set_value(void *base, const cfg_def *d, const char *v, char *why, siz
             snprintf(why, whylen, "must be a number from %g to %g", d->min, d->max);
             return -1;
         }
+        /* field points into the struct at a double's offset (see the table) */
+        // cppcheck-suppress invalidPointerCast
         *(double *)field = x;
         return 0;
     }
