@@ -7,7 +7,7 @@ process, or whose retry time has come) must still go out within about one
 scheduler_interval. Found by bench/relay, where a burst of 5,000 messages
 left the last ~1,400 queued for minutes.
 """
-from conftest import free_port
+from conftest import SLOW, free_port
 from delivery_receivers import ScriptedSMTP, delivery_sections, submit, wait_for
 
 
@@ -19,7 +19,8 @@ def test_periodic_scan_still_runs_after_a_burst(make_server):
                                             scheduler_interval="1s", idle_timeout="10s"))
         # A burst: each of these outcomes runs the scan early once.
         submit(srv, 150, "app@src.test", ["burst@dst.test"])
-        wait_for(lambda: len(rx.messages) == 150, 30, "the burst delivered")
+        wait_for(lambda: len(rx.messages) == 150, 30 * SLOW, "the burst delivered")
         # Written behind the server's back: only the periodic scan sees these.
         submit(srv, 3, "app@src.test", ["late@dst.test"], subject="late")
-        wait_for(lambda: len(rx.messages) == 153, 5, "the periodic scan to find the late mail")
+        # With the bug the next periodic scan was ~150 intervals away.
+        wait_for(lambda: len(rx.messages) == 153, 5 * SLOW, "the periodic scan to find the late mail")
