@@ -326,6 +326,10 @@ int smtp_b64_decode(const char *in, size_t len, buf *out)
             if (pad || (v[j] = b64_val(c)) < 0)
                 return -1; /* a character after '=' or outside the alphabet */
         }
+        /* Canonical (RFC 4648 3.5): the bits that padding drops must be 0,
+           or two texts ("QQ==", "QR==") would decode to the same bytes. */
+        if ((pad == 2 && (v[1] & 15)) || (pad == 1 && (v[2] & 3)))
+            return -1;
         unsigned char o[3] = {(unsigned char)(v[0] << 2 | v[1] >> 4),
                               (unsigned char)((v[1] & 15) << 4 | v[2] >> 2),
                               (unsigned char)((v[2] & 3) << 6 | v[3])};

@@ -131,6 +131,8 @@ static void base64(void **state)
     assert_int_equal(smtp_b64_decode("a=bc", 4, &b), -1);       /* padding inside */
     assert_int_equal(smtp_b64_decode("YQ==YQ==", 8, &b), -1);   /* padding before the end */
     assert_int_equal(smtp_b64_decode("YW Jj", 5, &b), -1);      /* white space */
+    assert_int_equal(smtp_b64_decode("QR==", 4, &b), -1);       /* pad bits set (fuzz_smtp_cmd) */
+    assert_int_equal(smtp_b64_decode("QUJ=", 4, &b), -1);       /* pad bits set */
     buf_reset(&b);
     const unsigned char raw[] = {0xff, 0x00, 0x10, 'x', 'y'};
     assert_int_equal(smtp_b64_encode(raw, sizeof raw, &b), 0);
