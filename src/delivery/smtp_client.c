@@ -879,7 +879,9 @@ static void describe_error(smtpc_conn *c, short what, int sockerr, char *why, si
         snprintf(why, n, "TLS certificate verification failed: %s", X509_verify_cert_error_string(vr));
     else if (ssl_err)
         snprintf(why, n, "TLS failure: %s", ERR_reason_error_string(ssl_err) ? ERR_reason_error_string(ssl_err) : "unknown");
-    else if (what & BEV_EVENT_EOF)
+    else if ((what & BEV_EVENT_EOF) || sockerr == 0)
+        /* An error without errno is the TLS filter reporting the socket's EOF
+           (a peer that gives up on the handshake without an alert). */
         snprintf(why, n, "connection closed by the server");
     else
         snprintf(why, n, "connection error: %s", strerror(sockerr));
