@@ -62,17 +62,20 @@ def open_idle(n, port, first_octet=10):
     return socks
 
 
-def slowloris(n, port, stop, sent):
-    """n clients that each dribble one byte of a command every 200 ms."""
+def slowloris(n, ports, stop, sent):
+    """n clients that each dribble one byte every 200 ms: half an SMTP
+    command stream to ports[0], half an HTTP request to ports[1]."""
+    smtp = b"EHLO slow.loris.example.test\r\nMAIL FROM:<a@b.test>\r\n" * 50
+    http = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"X-Slow: " + b"z" * 2000 + b"\r\n")
     socks = []
     for i in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5,
+        s = socket.create_connection(("127.0.0.1", ports[i % 2]), timeout=5,
                                      source_address=(f"127.0.200.{1 + i // 40}", 0))
-        socks.append(s)
-    text = b"EHLO slow.loris.example.test\r\nMAIL FROM:<a@b.test>\r\n" * 50
+        socks.append((s, smtp if i % 2 == 0 else http))
     k = 0
-    while not stop.is_set() and k < len(text):
-        for s in socks:
+    while not stop.is_set() and k < len(http):
+        for s, text in socks:
             try:
                 s.send(text[k:k + 1])
                 sent[0] += 1
@@ -80,7 +83,7 @@ def slowloris(n, port, stop, sent):
                 pass
         k += 1
         stop.wait(0.2)
-    return socks
+    return [s for s, _ in socks]
 
 
 def non_readers(n, port, volume):
@@ -135,7 +138,7 @@ def resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20, reader_volu
         open_secs = time.monotonic() - t0
         sent = [0]
         loris_box = []
-        lt = threading.Thread(target=lambda: loris_box.append(slowloris(loris, srv.smtp_port, stop, sent)),
+        lt = threading.Thread(target=lambda: loris_box.append(slowloris(loris, (srv.smtp_port, srv.api_port), stop, sent)),
                               daemon=True)
         lt.start()
         # The slowloris clients are connected and dribbling before anything is measured.
@@ -153,6 +156,7 @@ def resource_exhaustion(tmp_path, idle=10000, loris=200, readers=20, reader_volu
                                     "text": "hello"})
             assert r.status_code == 202, r.text
             worst.append(time.monotonic() - t1)
+            time.sleep(0.4)  # spread over ~2 s so the slowloris clients keep dribbling
         peak = srv.rss_kb()
         stop.set()
         lt.join(30)
