@@ -427,8 +427,10 @@ class Posthaste:
         self.sections = {
             "server": {"spool_dir": self.spool_dir, "hostname": "bench-posthaste.test",
                        "log_file": os.path.join(self.d, "server.log")},
+            # Every load generator connects from 127.0.0.1: the per-address
+            # limit (default 50) would refuse runs with more sessions.
             "smtp": {"listen": f"127.0.0.1:{self.smtp_port}", "listen_tls": "",
-                     "allow_plaintext_auth": "yes"},
+                     "allow_plaintext_auth": "yes", "max_connections_per_ip": "2000"},
             "api": {"listen": f"127.0.0.1:{self.api_port}",
                     "public_url": f"http://127.0.0.1:{self.api_port}"},
             "delivery": {},
