@@ -548,12 +548,10 @@ def machine():
                 break
     except OSError:
         pass
-    mem = status = ""
+    mem = ""
     try:
         mem = f"{int(open('/proc/meminfo').readline().split()[1]) // 1024} MiB RAM"
     except (OSError, ValueError):
         pass
     ver = subprocess.run([BIN, "version"], capture_output=True, text=True).stdout.strip()
-    kernel = os.uname().release
-    del status
-    return f"{os.cpu_count()} CPUs ({cpu}), {mem}, Linux {kernel}; {ver}"
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem}, Linux {os.uname().release}; {ver}"
