@@ -205,6 +205,8 @@ static const cfg_def defs[] = {
 
     {"dkim", "sign_threads", T_INT, F(dkim_sign_threads), "2", 0, 64, NULL,
      "worker threads that DKIM-sign messages off the event loop (0: sign on the loop)"},
+    {"dkim", "rsa_signer", T_ENUM, F(dkim_rsa_signer), "openssl", 0, 0, "openssl|opendkim",
+     "rsa-sha256 signatures by OpenSSL with the key parsed once (fast), or by libopendkim, which parses it per message"},
 
     {"doctor", "public_ips", T_STR, F(doctor_public_ips), "", 0, 0, NULL,
      "this server's public sending addresses, comma-separated, checked against SPF (empty: the hostname's A/AAAA)"},

@@ -152,6 +152,7 @@ typedef struct config {
 
     /* [dkim] */
     int64_t dkim_sign_threads;
+    char *dkim_rsa_signer;
 
     /* [doctor] */
     char *doctor_public_ips;

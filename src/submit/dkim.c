@@ -31,9 +31,9 @@ typedef struct dkim_key {
     int sign_subdomains;
     int64_t ttl_s;            /* x= - t=, 0 = no x= */
     enum dkimsig_alg alg;
-    unsigned char *pem;       /* RSA: private key text handed to libopendkim */
-    DKIM_LIB *lib;            /* RSA */
-    EVP_PKEY *pkey;           /* Ed25519 */
+    unsigned char *pem;       /* RSA: private key text for libopendkim */
+    DKIM_LIB *lib;            /* RSA with rsa_signer = opendkim */
+    EVP_PKEY *pkey;           /* parsed once: Ed25519, and RSA with rsa_signer = openssl */
     struct dkim_key *next;
 } dkim_key;
 
@@ -292,7 +292,7 @@ static void free_key(dkim_key *k)
 }
 
 static int add_key(dkimsig_keyset *ks, const cfg_sender *snd, const char *selector, const char *path,
-                   enum dkimsig_alg want, err *e)
+                   enum dkimsig_alg want, int opendkim, err *e)
 {
     if (!*path && !*selector)
         return 0;
@@ -316,8 +316,8 @@ static int add_key(dkimsig_keyset *ks, const cfg_sender *snd, const char *select
         free_key(k);
         return -1;
     }
-    if (alg == DKIM_ALG_ED25519 ? !(k->pkey = parse_key(pem, path, e))
-                                : !(k->lib = new_lib(snd, e))) {
+    int use_lib = alg == DKIM_ALG_RSA && opendkim;
+    if (use_lib ? !(k->lib = new_lib(snd, e)) : !(k->pkey = parse_key(pem, path, e))) {
         free_key(k);
         return -1;
     }
@@ -330,9 +330,10 @@ dkimsig_keyset *dkimsig_load(const config *cfg, err *e)
 {
     dkimsig_keyset *ks = xcalloc(1, sizeof *ks);
     for (const cfg_sender *s = cfg->senders; s; s = s->next) {
-        if (add_key(ks, s, s->dkim_selector, s->dkim_key_file, DKIM_ALG_RSA, e) ||
+        int opendkim = strcmp(cfg->dkim_rsa_signer, "opendkim") == 0;
+        if (add_key(ks, s, s->dkim_selector, s->dkim_key_file, DKIM_ALG_RSA, opendkim, e) ||
             add_key(ks, s, s->dkim_ed25519_selector, s->dkim_ed25519_key_file, DKIM_ALG_ED25519,
-                    e)) {
+                    opendkim, e)) {
             dkimsig_free(ks);
             return NULL;
         }
@@ -428,9 +429,9 @@ static DKIM_STAT feed(DKIM *d, const char *msg, size_t len, const hdr_section *h
 static int sign_one(const dkim_key *k, const char *from_domain, const char *msg, size_t len,
                     const hdr_section *h, buf *out, err *e)
 {
-    if (k->alg == DKIM_ALG_ED25519) {
-        dkimsig_ed_params p = {.key = k->pkey, .domain = k->domain, .selector = k->selector,
-                               .identity = from_domain, .ttl_s = k->ttl_s,
+    if (k->pkey) { /* Ed25519, or RSA signed by OpenSSL with the key parsed once */
+        dkimsig_ed_params p = {.key = k->pkey, .rsa = k->alg == DKIM_ALG_RSA, .domain = k->domain,
+                               .selector = k->selector, .identity = from_domain, .ttl_s = k->ttl_s,
                                .sign = signed_headers, .over = oversigned_headers};
         return dkimsig_ed25519_sign(&p, msg, len, h, out, e);
     }

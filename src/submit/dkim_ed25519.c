@@ -179,8 +179,10 @@ static int add_tag(buf *f, size_t *col, const char *tag)
 int dkimsig_ed25519_sign(const dkimsig_ed_params *p, const char *msg, size_t len,
                          const hdr_section *h, buf *out, err *e)
 {
-    unsigned char bh[SHA256_DIGEST_LENGTH], hh[SHA256_DIGEST_LENGTH], sig[64];
-    char bh64[64], sig64[128], tag[SIG_FIELD_MAX];
+    unsigned char bh[SHA256_DIGEST_LENGTH], hh[SHA256_DIGEST_LENGTH], sig[1024];
+    char bh64[64], sig64[1400], tag[SIG_FIELD_MAX];
+    const int rsa = p->rsa;
+    const char *alg_name = rsa ? "rsa" : "ed25519";
     buf hl, field, canon;
     buf_init(&hl, SIG_FIELD_MAX);
     buf_init(&field, SIG_FIELD_MAX);
@@ -192,7 +194,8 @@ int dkimsig_ed25519_sign(const dkimsig_ed_params *p, const char *msg, size_t len
         goto fail;
     b64(bh, sizeof bh, bh64);
     if (buf_appends(&field, "DKIM-Signature:") || add_tag(&field, &col, "v=1;") ||
-        add_tag(&field, &col, "a=ed25519-sha256;") || add_tag(&field, &col, "c=relaxed/relaxed;"))
+        add_tag(&field, &col, rsa ? "a=rsa-sha256;" : "a=ed25519-sha256;") ||
+        add_tag(&field, &col, "c=relaxed/relaxed;"))
         goto fail;
     snprintf(tag, sizeof tag, "d=%s;", p->domain);
     if (add_tag(&field, &col, tag))
@@ -220,28 +223,43 @@ int dkimsig_ed25519_sign(const dkimsig_ed_params *p, const char *msg, size_t len
     if (hash_headers(msg, h, buf_cstr(&hl), &canon) ||
         canon_header(field.data, field.len, 0, &canon))
         goto fail;
-    SHA256((const unsigned char *)canon.data, canon.len, hh);
+    /* rsa-sha256 signs the data with RSASSA-PKCS1-v1_5 over SHA-256 (RFC 6376
+       3.3.1); ed25519-sha256 signs the SHA-256 hash with PureEdDSA (RFC 8463 3). */
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     size_t siglen = sizeof sig;
-    int ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, p->key) == 1 &&
+    int ok;
+    if (rsa) {
+        ok = md && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, p->key) == 1 &&
+             EVP_DigestSign(md, sig, &siglen, (const unsigned char *)canon.data, canon.len) == 1;
+    } else {
+        SHA256((const unsigned char *)canon.data, canon.len, hh);
+        ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, p->key) == 1 &&
              EVP_DigestSign(md, sig, &siglen, hh, sizeof hh) == 1;
+    }
     EVP_MD_CTX_free(md);
-    if (!ok) {
-        err_set(e, ERR_IO, "DKIM ed25519 signing for %s (s=%s) failed (OpenSSL)", p->domain,
+    if (!ok || siglen > sizeof sig) {
+        err_set(e, ERR_IO, "DKIM %s signing for %s (s=%s) failed (OpenSSL)", alg_name, p->domain,
                 p->selector);
         goto out;
     }
     b64(sig, (int)siglen, sig64);
-    /* b= value may be folded anywhere: verifiers ignore its white space. */
-    if (buf_append(&field, sig64, 40) || buf_appends(&field, "\r\n\t ") ||
-        buf_appends(&field, sig64 + 40) || buf_appends(&field, "\r\n") ||
-        buf_append(out, field.data, field.len))
+    /* b= may be folded anywhere (verifiers ignore its white space): first
+       line after "b=", then lines of 72 characters, so none passes 78. */
+    size_t n64 = strlen(sig64), first = n64 < 40 ? n64 : 40;
+    if (buf_append(&field, sig64, first))
+        goto fail;
+    for (size_t at = first; at < n64; at += 72) {
+        size_t chunk = n64 - at < 72 ? n64 - at : 72;
+        if (buf_appends(&field, "\r\n\t ") || buf_append(&field, sig64 + at, chunk))
+            goto fail;
+    }
+    if (buf_appends(&field, "\r\n") || buf_append(out, field.data, field.len))
         goto fail;
     rc = 0;
     goto out;
 fail:
-    err_set(e, ERR_LIMIT, "DKIM ed25519 signature for %s does not fit (message or field too large)",
-            p->domain);
+    err_set(e, ERR_LIMIT, "DKIM %s signature for %s does not fit (message or field too large)",
+            alg_name, p->domain);
 out:
     buf_free(&hl);
     buf_free(&field);

@@ -362,10 +362,13 @@ def test_opendkim_testmsg_verifies(tmp_path, algs):
     b"x" * 3000 + b"  \r\n",
 ])
 def test_ed25519_matches_libopendkim_canonicalization(tmp_path, body):
-    """Ed25519 is signed by our own relaxed canonicalizer (libopendkim leaks
-    its Ed25519 keys); with dual signing its body hash must equal
-    libopendkim's for the same bytes, and both must verify."""
+    """Ed25519 (and, by default, RSA) is signed by our own relaxed
+    canonicalizer (libopendkim leaks its Ed25519 keys and re-parses RSA keys
+    per message); with RSA signed by libopendkim itself, the two body hashes
+    of a dual signature must be equal for the same bytes, and both verify."""
     s = Signer(tmp_path, ["rsa", "ed25519"])
+    s.srv.sections["dkim"] = {"rsa_signer": "opendkim"}
+    s.srv.write_config()
     msg = MSG.split(b"\r\n\r\n", 1)[0] + b"\r\nSubject:  spaced   out \t subject\r\n\r\n" + body
     msg = msg.replace(b"Subject: Your receipt\r\n", b"")
     raw = s.stored(s.submit(msg))
@@ -385,3 +388,16 @@ def test_client_signatures_kept_verbatim(tmp_path):
     assert upstream in raw                       # not refolded
     assert long_subject not in raw               # ordinary fields still are
     assert s.verify_all(raw)[0] is True          # ours, prepended first
+
+
+@pytest.mark.parametrize("signer", ["openssl", "opendkim"])
+def test_both_rsa_signers_verify(tmp_path, signer):
+    """rsa_signer = openssl (default, key parsed once) and = opendkim (the
+    reference library) produce signatures both verifiers accept."""
+    s = Signer(tmp_path, ["rsa"])
+    s.srv.sections["dkim"] = {"rsa_signer": signer}
+    s.srv.write_config()
+    raw = s.stored(s.submit())
+    assert sig_tags(raw)["a"] == "rsa-sha256"
+    assert s.verify_all(raw) == [True]
+    assert max(len(l) for l in raw.split(b"\r\n")) <= 998
