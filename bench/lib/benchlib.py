@@ -231,6 +231,17 @@ def pss_kb(root):
     return total
 
 
+def rss_kb(root):
+    """Resident set size of root's tree, summed (shared pages counted in each)."""
+    total = 0
+    for p in tree(root):
+        try:
+            total += status_kb(p, "VmRSS")
+        except OSError:
+            pass
+    return total
+
+
 def status_kb(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
