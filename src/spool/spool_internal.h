@@ -35,6 +35,11 @@ void spool_sql_err(sqlite3 *db, int rc, const char *what, err *e);
 sqlite3 *spool_read_db(spool *s);
 /* Prepare on db; on failure fill e and return -1. */
 int spool_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e);
+/* The same, reused across calls: sql must be a string literal (its address
+   is the cache key). Give it back with spool_release()/spool_step_release(). */
+int spool_prepare_cached(spool *s, sqlite3 *db, const char *sql, sqlite3_stmt **st, err *e);
+void spool_release(spool *s, sqlite3_stmt *st);
+int spool_step_release(spool *s, sqlite3_stmt *st, const char *what, err *e);
 /* Step a statement that returns no rows, then finalize it. */
 int spool_step_done(sqlite3 *db, sqlite3_stmt *st, const char *what, err *e);
 /* Bind a string, or NULL when s is NULL. */

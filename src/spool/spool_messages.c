@@ -51,14 +51,15 @@ int spool_tx_event(spool_tx *tx, const char *msg_id, const char *rcpt, const cha
                    const char *data_json, err *e)
 {
     sqlite3_stmt *st;
-    if (spool_prepare(tx->db, "INSERT INTO events(ts_ms, msg, rcpt, type, data) VALUES(?,?,?,?,?)", &st, e))
+    if (spool_prepare_cached(tx->s, tx->db, "INSERT INTO events(ts_ms, msg, rcpt, type, data) VALUES(?,?,?,?,?)",
+                             &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, clock_now_ms());
     spool_bind_opt(st, 2, msg_id);
     spool_bind_opt(st, 3, rcpt);
     spool_bind_opt(st, 4, type);
     spool_bind_opt(st, 5, data_json);
-    if (spool_step_done(tx->db, st, "recording event", e))
+    if (spool_step_release(tx->s, st, "recording event", e))
         return -1;
     spool_tally_event(tx, type);
     return 0;
@@ -68,7 +69,7 @@ static int insert_rcpt(spool_tx *tx, int64_t msg_rowid, const char *id, const ch
                        int suppressed, int64_t now, int64_t due, err *e)
 {
     sqlite3_stmt *st;
-    if (spool_prepare(tx->db,
+    if (spool_prepare_cached(tx->s, tx->db,
                 "INSERT INTO recipients(msg, addr, domain, state, next_at, updated_ms) "
                 "VALUES(?,?,?,?,?,?)",
                 &st, e))
@@ -81,7 +82,7 @@ static int insert_rcpt(spool_tx *tx, int64_t msg_rowid, const char *id, const ch
     sqlite3_bind_int64(st, 5, due);
     sqlite3_bind_int64(st, 6, now);
     free(domain);
-    if (spool_step_done(tx->db, st, "storing recipient", e))
+    if (spool_step_release(tx->s, st, "storing recipient", e))
         return -1;
     return spool_tx_event(tx, id, addr, suppressed ? "suppressed" : "accepted", NULL, e);
 }
@@ -101,7 +102,7 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
     }
     int64_t now = clock_now_ms();
     sqlite3_stmt *st;
-    if (spool_prepare(tx->db,
+    if (spool_prepare_cached(tx->s, tx->db,
                 "INSERT INTO messages(uid, created_ms, mail_from, ingress, key_id, meta, size, data) "
                 "VALUES(?,?,?,?,?,?,?,?)",
                 &st, e))
@@ -114,7 +115,7 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
     spool_bind_opt(st, 6, m->meta);
     sqlite3_bind_int64(st, 7, (int64_t)m->len);
     sqlite3_bind_blob64(st, 8, m->data, m->len, SQLITE_STATIC);
-    if (spool_step_done(tx->db, st, "storing message", e))
+    if (spool_step_release(tx->s, st, "storing message", e))
         return -1;
     int64_t rowid = sqlite3_last_insert_rowid(tx->db);
     int64_t due = m->not_before_ms > now ? m->not_before_ms : now;
@@ -129,7 +130,7 @@ int spool_tx_insert_message(spool_tx *tx, const spool_submission *m, char id[ID_
 int spool_tx_rcpt_update(spool_tx *tx, const spool_rcpt_update *u, err *e)
 {
     sqlite3_stmt *st;
-    if (spool_prepare(tx->db,
+    if (spool_prepare_cached(tx->s, tx->db,
                 "UPDATE recipients SET state = ?, next_at = ?, attempts = attempts + ?, "
                 "updated_ms = ?, last_reply = COALESCE(?, last_reply), "
                 "last_host = COALESCE(?, last_host) WHERE id = ?",
@@ -143,7 +144,7 @@ int spool_tx_rcpt_update(spool_tx *tx, const spool_rcpt_update *u, err *e)
     spool_bind_opt(st, 5, u->reply);
     spool_bind_opt(st, 6, u->host);
     sqlite3_bind_int64(st, 7, u->rcpt_id);
-    return spool_step_done(tx->db, st, "updating recipient", e);
+    return spool_step_release(tx->s, st, "updating recipient", e);
 }
 
 int spool_tx_suppress(spool_tx *tx, const char *email, const char *scope, const char *reason,
@@ -350,12 +351,12 @@ static void read_rcpt(sqlite3_stmt *st, spool_rcpt *r)
     r->last_host = spool_col_str(st, 9);
 }
 
-static int load_rcpts(sqlite3 *db, spool_message *m, err *e)
+static int load_rcpts(spool *s, sqlite3 *db, spool_message *m, err *e)
 {
     sqlite3_stmt *st;
-    if (spool_prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
-                    "WHERE r.msg = ? ORDER BY r.id",
-                &st, e))
+    if (spool_prepare_cached(s, db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
+                                    "WHERE r.msg = ? ORDER BY r.id",
+                             &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, m->rowid);
     size_t cap = 0;
@@ -367,12 +368,10 @@ static int load_rcpts(sqlite3 *db, spool_message *m, err *e)
         }
         read_rcpt(st, &m->rcpts[m->nrcpts++]);
     }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
+    if (rc != SQLITE_DONE)
         spool_sql_err(db, rc, "reading recipients", e);
-        return -1;
-    }
-    return 0;
+    spool_release(s, st);
+    return rc == SQLITE_DONE ? 0 : -1;
 }
 
 static void read_message(sqlite3_stmt *st, spool_message *m, int with_data)
@@ -406,21 +405,21 @@ int spool_message_get(spool *s, const char *id, int with_data, spool_message *ou
                                   "FROM messages WHERE uid = ?"
                                 : "SELECT id, uid, created_ms, mail_from, ingress, key_id, meta, size "
                                   "FROM messages WHERE uid = ?";
-    if (spool_prepare(db, sql, &st, e))
+    if (spool_prepare_cached(s, db, sql, &st, e))
         return -1;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
     int rc = sqlite3_step(st);
     if (rc != SQLITE_ROW) {
-        sqlite3_finalize(st);
+        if (rc != SQLITE_DONE)
+            spool_sql_err(db, rc, "reading message", e);
+        spool_release(s, st);
         if (rc == SQLITE_DONE)
             err_set(e, ERR_NOTFOUND, "no message %s", id);
-        else
-            spool_sql_err(db, rc, "reading message", e);
         return -1;
     }
     read_message(st, out, with_data);
-    sqlite3_finalize(st);
-    if (load_rcpts(db, out, e)) {
+    spool_release(s, st);
+    if (load_rcpts(s, db, out, e)) {
         spool_message_free(out);
         return -1;
     }
@@ -433,7 +432,7 @@ int spool_due(spool *s, int64_t now_ms, spool_cursor *cur, int limit, spool_rcpt
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
     /* Row-value comparison on the partial index: a keyset scan. */
-    if (spool_prepare(db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
+    if (spool_prepare_cached(s, db, "SELECT " RCPT_COLUMNS " FROM recipients r JOIN messages m ON m.id = r.msg "
                     "WHERE r.state IN (0, 1, 2) AND r.next_at <= ? AND (r.next_at, r.id) > (?, ?) "
                     "ORDER BY r.next_at, r.id LIMIT ?",
                 &st, e))
@@ -452,11 +451,11 @@ int spool_due(spool *s, int64_t now_ms, spool_cursor *cur, int limit, spool_rcpt
         spool_rcpt_free(&r);
         count++;
     }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
+    if (rc != SQLITE_DONE)
         spool_sql_err(db, rc, "scanning due recipients", e);
+    spool_release(s, st);
+    if (rc != SQLITE_DONE)
         return -1;
-    }
     return count;
 }
 
@@ -511,7 +510,7 @@ int spool_list(spool *s, int state, int limit, spool_message_cb cb, void *arg, e
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         spool_message m;
         read_message(st, &m, 0);
-        if (load_rcpts(db, &m, e)) {
+        if (load_rcpts(s, db, &m, e)) {
             spool_message_free(&m);
             sqlite3_finalize(st);
             return -1;
@@ -588,9 +587,9 @@ int spool_is_suppressed(spool *s, const char *email, const char *scope, char *re
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    if (spool_prepare(db, "SELECT reason FROM suppressions WHERE email = lower(?1) "
-                    "AND (scope = '' OR scope = lower(?2)) LIMIT 1",
-                &st, e))
+    if (spool_prepare_cached(s, db, "SELECT reason FROM suppressions WHERE email = lower(?1) "
+                                    "AND (scope = '' OR scope = lower(?2)) LIMIT 1",
+                             &st, e))
         return -1;
     sqlite3_bind_text(st, 1, email, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(st, 2, scope ? scope : "", -1, SQLITE_TRANSIENT);
@@ -600,10 +599,11 @@ int spool_is_suppressed(spool *s, const char *email, const char *scope, char *re
         const unsigned char *r = sqlite3_column_text(st, 0);
         snprintf(reason, reason_len, "%s", r ? (const char *)r : "");
     }
-    sqlite3_finalize(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         spool_sql_err(db, rc, "reading suppressions", e);
+    spool_release(s, st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return -1;
-    }
     return found;
 }
+
