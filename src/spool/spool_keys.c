@@ -80,22 +80,17 @@ int spool_key_get(spool *s, const char *id, spool_key *out, err *e)
 {
     sqlite3 *db = spool_read_db(s);
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(db, "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = ?", -1, &st, NULL);
-    if (rc != SQLITE_OK) {
-        spool_sql_err(db, rc, "reading key", e);
+    /* Every API request and SMTP AUTH looks its key up: keep the statement. */
+    if (spool_prepare_cached(s, db, "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = ?", &st, e))
         return -1;
-    }
     sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT);
-    rc = sqlite3_step(st);
+    int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         read_key(st, out);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    spool_sql_err(db, rc, "reading key", e);
-    return -1;
+    else if (rc != SQLITE_DONE)
+        spool_sql_err(db, rc, "reading key", e);
+    spool_release(s, st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
 int spool_key_list(spool *s, spool_key_cb cb, void *arg, err *e)
