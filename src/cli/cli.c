@@ -72,6 +72,20 @@ spool *cli_spool_for(const char *conf_path)
     return s;
 }
 
+const char *cli_subcommand(int argc, char **argv, const char *cmd, const char *expected, int *status)
+{
+    if (argc < 2) {
+        cli_error("%s: missing subcommand (%s)", cmd, expected);
+        *status = cli_usage(cmd, 1);
+        return NULL;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        *status = cli_usage(cmd, 0);
+        return NULL;
+    }
+    return argv[1];
+}
+
 int cli_usage(const char *cmd, int as_error)
 {
     const cli_command *c = cli_find(cmd);

@@ -35,6 +35,10 @@ spool *cli_open_spool(const config *cfg);
 spool *cli_spool_for(const char *conf_path);
 /* Options for a spool from the config. */
 void cli_spool_opts(const config *cfg, spool_opts *o, char **path_out);
+/* The SUB of "posthaste CMD SUB …", or NULL when it is missing or --help
+   (usage printed, *status set to the exit code). expected lists the
+   subcommands for the error message. */
+const char *cli_subcommand(int argc, char **argv, const char *cmd, const char *expected, int *status);
 /* Print a command's usage and return EXIT_USAGE (or EXIT_OK for --help). */
 int cli_usage(const char *cmd, int as_error);
 /* "error: …" on stderr. */

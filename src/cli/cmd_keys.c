@@ -228,13 +228,10 @@ static int keys_revoke_cmd(int argc, char **argv)
 
 int cmd_keys(int argc, char **argv)
 {
-    if (argc < 2) {
-        cli_error("keys: missing subcommand (create, list, revoke)");
-        return cli_usage("keys", 1);
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0)
-        return cli_usage("keys", 0);
+    int status;
+    const char *sub = cli_subcommand(argc, argv, "keys", "create, list, revoke", &status);
+    if (!sub)
+        return status;
     if (strcmp(sub, "create") == 0)
         return keys_create_cmd(argc - 1, argv + 1);
     if (strcmp(sub, "list") == 0)

@@ -271,13 +271,10 @@ static int q_check(const queue_args *a)
 
 int cmd_queue(int argc, char **argv)
 {
-    if (argc < 2) {
-        cli_error("queue: missing subcommand");
-        return cli_usage("queue", 1);
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0)
-        return cli_usage("queue", 0);
+    int status;
+    const char *sub = cli_subcommand(argc, argv, "queue", "list, show, retry, delete, flush, stats, check", &status);
+    if (!sub)
+        return status;
     queue_args a;
     int want = strcmp(sub, "show") == 0 || strcmp(sub, "delete") == 0 ? 1
                : strcmp(sub, "retry") == 0                            ? 2

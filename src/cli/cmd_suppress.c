@@ -144,13 +144,10 @@ static int list(sup_args *a)
 
 int cmd_suppress(int argc, char **argv)
 {
-    if (argc < 2) {
-        cli_error("suppress: missing subcommand (add, remove, list)");
-        return cli_usage("suppress", 1);
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0)
-        return cli_usage("suppress", 0);
+    int status;
+    const char *sub = cli_subcommand(argc, argv, "suppress", "add, remove, list", &status);
+    if (!sub)
+        return status;
     int add = strcmp(sub, "add") == 0, remove = strcmp(sub, "remove") == 0;
     if (!add && !remove && strcmp(sub, "list") != 0) {
         cli_error("suppress: unknown subcommand '%s'", sub);
