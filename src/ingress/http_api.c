@@ -893,9 +893,14 @@ static void api_drain(server *srv)
     }
 }
 
+size_t api_requests_in_flight(const api *a)
+{
+    return a ? a->in_flight : 0;
+}
+
 static size_t api_busy(server *srv)
 {
-    return srv->api ? srv->api->in_flight : 0;
+    return api_requests_in_flight(srv->api);
 }
 
 static void api_reload(server *srv, const config *cfg)

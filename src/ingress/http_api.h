@@ -114,6 +114,10 @@ void api_webhooks_delete(api_req *r);
 /* Send a non-JSON body (text/plain metrics) and free r. */
 void api_reply_text(api_req *r, int status, const char *content_type, const char *text, size_t len);
 
+/* Requests read and not yet answered (0 for NULL): a metrics gauge, and
+   what shutdown waits for. */
+size_t api_requests_in_flight(const api *a);
+
 /* `serve` component: evhttp on srv->base, state in srv->api. */
 extern const server_component api_component;
 

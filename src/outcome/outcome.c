@@ -4,6 +4,7 @@
 #include "core/mem.h"
 #include "core/server.h"
 #include "delivery/delivery.h"
+#include "ingress/http_api.h"
 #include "ingress/smtp_server.h"
 
 #include <sqlite3.h>
@@ -31,6 +32,7 @@ static void register_all(metrics *m)
     metrics_gauge(m, M_CONNECTIONS, "Open SMTP connections, by direction", "direction");
     metrics_set(metrics_gauge(m, M_CONNECTIONS, "", "direction"), "in", 0);
     metrics_set(metrics_gauge(m, M_CONNECTIONS, "", "direction"), "out", 0);
+    metrics_gauge(m, M_HTTP_IN_FLIGHT, "HTTP API requests read and not yet answered", NULL);
     metrics_histogram(m, M_ACCEPT_LATENCY, "Time from end of submission to durable acknowledgement",
                       metrics_latency_buckets, metrics_latency_nbuckets);
     metrics_histogram(m, M_COMMIT_LATENCY, "Duration of one spool group commit (fsync included)",
@@ -82,6 +84,7 @@ static void collect(void *arg, metrics *m)
     metric *conns = metrics_gauge(m, M_CONNECTIONS, "", "direction");
     metrics_set(conns, "in", (double)smtps_sessions(o->srv->smtp));
     metrics_set(conns, "out", (double)delivery_connections(o->srv));
+    metrics_set(metrics_gauge(m, M_HTTP_IN_FLIGHT, "", NULL), NULL, (double)api_requests_in_flight(o->srv->api));
     int64_t oldest = spool_oldest_pending_ms(o->srv->spool);
     double age = oldest > 0 ? (double)(clock_now_ms() - oldest) / 1000.0 : 0;
     metrics_set(metrics_gauge(m, M_OLDEST_AGE, "", NULL), NULL, age > 0 ? age : 0);

@@ -23,6 +23,7 @@
 #define M_QUEUE_DEPTH "posthaste_queue_depth"                /* {state} */
 #define M_OLDEST_AGE "posthaste_oldest_queued_age_seconds"
 #define M_CONNECTIONS "posthaste_connections_open"           /* {direction} */
+#define M_HTTP_IN_FLIGHT "posthaste_http_requests_in_flight"
 /* Histograms */
 #define M_ACCEPT_LATENCY "posthaste_acceptance_latency_seconds"
 #define M_COMMIT_LATENCY "posthaste_commit_latency_seconds"

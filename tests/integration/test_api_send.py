@@ -263,6 +263,7 @@ def test_sigterm_finishes_in_flight_requests_and_stops_accepting(make_server):
     """While a submission waits for its commit (the spool is locked by
     another process), SIGTERM closes the listener but the server waits for
     that request: it gets its 202, and the message is in the spool."""
+    import re
     import signal
     import sqlite3
     import threading
@@ -271,6 +272,7 @@ def test_sigterm_finishes_in_flight_requests_and_stops_accepting(make_server):
     from api_support import Api
     srv = make_server({"spool": {"busy_timeout": "10s"}})
     a = Api(srv, srv.create_key())
+    reader = srv.create_key("--scope", "read")
     db = sqlite3.connect(f"{srv.spool_dir}/spool.db", timeout=1, isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")
     result = {}
@@ -279,10 +281,20 @@ def test_sigterm_finishes_in_flight_requests_and_stops_accepting(make_server):
         result["r"] = requests.post(a.url + "/v1/messages", timeout=30, headers={"Authorization": f"Bearer {a.key}"},
                                     json={"from": "app@example.com", "to": "late@example.org", "text": "x"})
 
+    def in_flight():
+        text = requests.get(a.url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {reader}"}).text
+        m = re.search(r"^posthaste_http_requests_in_flight (\S+)$", text, re.M)
+        return float(m.group(1)) - 1  # the scrape itself is in flight too
+
     t = threading.Thread(target=post)
     t.start()
     try:
-        time.sleep(0.5)
+        # The server must have read the request before SIGTERM; a fixed sleep
+        # raced with a slow machine (the request still in the accept backlog).
+        deadline = time.monotonic() + 20
+        while in_flight() < 1:
+            assert time.monotonic() < deadline, "the POST never reached the server"
+            time.sleep(0.05)
         assert "r" not in result  # waiting for the commit
         srv.signal(signal.SIGTERM)
         time.sleep(0.5)
