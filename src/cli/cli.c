@@ -19,6 +19,21 @@ void cli_error(const char *fmt, ...)
     va_end(ap);
 }
 
+int cli_finish_list(int n, const err *e, json_t *arr)
+{
+    if (n < 0) {
+        cli_error("%s", e->msg);
+        json_decref(arr);
+        return EXIT_RUNTIME;
+    }
+    if (arr) {
+        json_dumpf(arr, stdout, JSON_INDENT(2));
+        putchar('\n');
+        json_decref(arr);
+    }
+    return EXIT_OK;
+}
+
 config *cli_load_config(const char *path)
 {
     if (!path)

@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "spool/spool.h"
 
+#include <jansson.h>
 #include <stdio.h>
 
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
@@ -41,6 +42,10 @@ void cli_spool_opts(const config *cfg, spool_opts *o, char **path_out);
 const char *cli_subcommand(int argc, char **argv, const char *cmd, const char *expected, int *status);
 /* Print a command's usage and return EXIT_USAGE (or EXIT_OK for --help). */
 int cli_usage(const char *cmd, int as_error);
+/* The end of a listing command: n rows were listed (n < 0: failed with
+   e). Prints the error, or arr (when not NULL: --json) as indented JSON;
+   frees arr; returns the exit status. */
+int cli_finish_list(int n, const err *e, json_t *arr);
 /* "error: …" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

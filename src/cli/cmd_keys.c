@@ -173,19 +173,9 @@ static int keys_list_cmd(int argc, char **argv)
     err e;
     int n = spool_key_list(s, print_key, arr, &e);
     spool_close(s);
-    if (n < 0) {
-        cli_error("%s", e.msg);
-        json_decref(arr);
-        return EXIT_RUNTIME;
-    }
-    if (arr) {
-        json_dumpf(arr, stdout, JSON_INDENT(2));
-        putchar('\n');
-        json_decref(arr);
-    } else if (n == 0) {
+    if (n == 0 && !arr)
         fprintf(stderr, "no keys yet: posthaste keys create --name NAME\n");
-    }
-    return EXIT_OK;
+    return cli_finish_list(n, &e, arr);
 }
 
 static int keys_revoke_cmd(int argc, char **argv)

@@ -129,17 +129,7 @@ static int list(sup_args *a)
     err e;
     int n = spool_suppressions(s, NULL, "", a->limit, print_one, arr, &e);
     spool_close(s);
-    if (n < 0) {
-        cli_error("%s", e.msg);
-        json_decref(arr);
-        return EXIT_RUNTIME;
-    }
-    if (arr) {
-        json_dumpf(arr, stdout, JSON_INDENT(2));
-        putchar('\n');
-        json_decref(arr);
-    }
-    return EXIT_OK;
+    return cli_finish_list(n, &e, arr);
 }
 
 int cmd_suppress(int argc, char **argv)

@@ -410,21 +410,32 @@ static int valid_id(const char *id)
     return 1;
 }
 
+/* The message r->param names as JSON, or NULL after replying the error. */
+static json_t *load_message(api_req *r)
+{
+    spool_message m;
+    err e;
+    err_clear(&e);
+    if (spool_message_get(r->srv->spool, r->param, 0, &m, &e)) {
+        api_error_err(r, &e, "id");
+        return NULL;
+    }
+    json_t *o = message_json(&m);
+    spool_message_free(&m);
+    return o;
+}
+
 void api_messages_get(api_req *r)
 {
     if (!valid_id(r->param)) {
         api_error(r, 404, "not_found", "id", "no message %.64s", r->param);
         return;
     }
-    spool_message m;
+    json_t *o = load_message(r);
+    if (!o)
+        return;
     err e;
     err_clear(&e);
-    if (spool_message_get(r->srv->spool, r->param, 0, &m, &e)) {
-        api_error_err(r, &e, "id");
-        return;
-    }
-    json_t *o = message_json(&m);
-    spool_message_free(&m);
     json_t *events = json_array();
     int limit = (int)r->srv->cfg->api_max_page_size;
     if (spool_events(r->srv->spool, 0, r->param, NULL, limit, collect_event, events, &e) < 0) {
@@ -521,16 +532,9 @@ static void on_cancelled(void *arg, const err *e)
         api_error_err(r, e, e->code == ERR_NOTFOUND ? "id" : NULL);
         return;
     }
-    spool_message m;
-    err e2;
-    err_clear(&e2);
-    if (spool_message_get(r->srv->spool, r->param, 0, &m, &e2)) {
-        api_error_err(r, &e2, "id");
-        return;
-    }
-    json_t *o = message_json(&m);
-    spool_message_free(&m);
-    api_reply(r, 200, o);
+    json_t *o = load_message(r);
+    if (o)
+        api_reply(r, 200, o);
 }
 
 void api_messages_cancel(api_req *r)

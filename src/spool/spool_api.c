@@ -208,13 +208,7 @@ int spool_tx_idem_expire(spool_tx *tx, int64_t before_ms, err *e)
     if (spool_prepare(tx->db, "DELETE FROM idempotency WHERE created_ms < ?", &st, e))
         return -1;
     sqlite3_bind_int64(st, 1, before_ms);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-        spool_sql_err(tx->db, rc, "expiring idempotency records", e);
-        return -1;
-    }
-    return 0;
+    return spool_step_done(tx->db, st, "expiring idempotency records", e);
 }
 
 /* ---- cancel ------------------------------------------------------------------ */

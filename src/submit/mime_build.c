@@ -108,29 +108,8 @@ static int header_string(const json_t *v, const char *path, char field[MIME_FIEL
     return 0;
 }
 
-int mime_ext_blocked(const char *name, const char *list)
-{
-    const char *dot = strrchr(name, '.');
-    if (!dot || !dot[1] || !list)
-        return 0;
-    const char *ext = dot + 1;
-    size_t elen = strlen(ext);
-    for (const char *p = list; *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && isspace((unsigned char)*p))
-            p++, n--;
-        while (n && isspace((unsigned char)p[n - 1]))
-            n--;
-        if (n == elen && strncasecmp(p, ext, n) == 0)
-            return 1;
-        if (!comma)
-            break;
-        p = comma + 1;
-    }
-    return 0;
-}
-
+/* Whether item is one of the comma-separated entries of list (case and
+   surrounding blanks ignored). */
 static int in_list(const char *item, const char *list)
 {
     size_t ilen = strlen(item);
@@ -148,6 +127,14 @@ static int in_list(const char *item, const char *list)
         p = comma + 1;
     }
     return 0;
+}
+
+int mime_ext_blocked(const char *name, const char *list)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || !dot[1] || !list)
+        return 0;
+    return in_list(dot + 1, list);
 }
 
 /* ---- addresses ---------------------------------------------------------------- */
