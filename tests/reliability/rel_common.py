@@ -221,6 +221,12 @@ class Ledger:
         with self.lock:
             self.failures[why] += 1
 
+    def refused(self, why):
+        """The server was down: the attempt sent nothing and is made again."""
+        with self.lock:
+            self.attempts -= 1
+            self.failures[why] += 1
+
     def pairs(self):
         with self.lock:
             return {(m, r) for m, rs in self.acked.items() for r in rs}
@@ -248,7 +254,14 @@ def smtp_worker(srv_ref, key, tag, count, ledger, seed, max_size, max_rcpts, dea
         ledger.attempt()
         try:
             if conn is None:
-                conn = smtplib.SMTP("127.0.0.1", srv_ref().smtp_port, timeout=30 * SLOW)
+                try:
+                    conn = smtplib.SMTP("127.0.0.1", srv_ref().smtp_port, timeout=30 * SLOW)
+                except ConnectionRefusedError:
+                    # Down between a kill and its restart. Counting this as a
+                    # spent message let fast clients finish before the kills.
+                    ledger.refused("smtp ConnectionRefusedError")
+                    time.sleep(0.05)
+                    continue
                 conn.ehlo("rel.test")
                 conn.login("app", key)
             refused = conn.sendmail("app@src.test", rcpts, msg)
@@ -290,9 +303,12 @@ def http_worker(srv_ref, key, tag, count, ledger, seed, max_size, max_rcpts, dea
             else:
                 ledger.fail(f"http {r.status_code}")
         except (OSError, requests.RequestException) as e:
-            ledger.fail(f"http {type(e).__name__}")
             http = requests.Session()
             time.sleep(0.05)
+            if isinstance(e, requests.ConnectionError) and "refused" in str(e):
+                ledger.refused("http ConnectionRefusedError")  # nothing sent: the same message again
+                continue
+            ledger.fail(f"http {type(e).__name__}")
         i += 1
 
 
