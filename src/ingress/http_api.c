@@ -56,6 +56,17 @@ typedef struct idem_busy {
     LIST_ENTRY(idem_busy) link;
 } idem_busy;
 
+/* A reply handed to evhttp whose bytes are not all written yet. Shutdown
+   waits for these too: a 202 counted as answered but still in the output
+   buffer was lost when the loop stopped right after it (found by the
+   SIGTERM test on a slow machine). An entry ends when evhttp reports the
+   write complete, or when its connection closes first. */
+typedef struct unflushed {
+    struct evhttp_request *req;
+    struct evhttp_connection *evcon;
+    LIST_ENTRY(unflushed) link;
+} unflushed;
+
 struct api {
     server *srv;
     struct evhttp *http;
@@ -67,6 +78,8 @@ struct api {
     TAILQ_HEAD(sig_age, seen_sig) replay_age;
     LIST_HEAD(key_list, key_inflight) inflight;
     LIST_HEAD(idem_list, idem_busy) idem;
+    LIST_HEAD(unflushed_list, unflushed) unflushed;
+    size_t nunflushed;
     struct event *sweep;
 };
 
@@ -154,6 +167,52 @@ void api_reply_text(api_req *r, int status, const char *content_type, const char
     req_free(r);
 }
 
+static void unflushed_remove(api *a, unflushed *u)
+{
+    LIST_REMOVE(u, link);
+    a->nunflushed--;
+    free(u);
+}
+
+static void on_flushed(struct evhttp_request *req, void *arg)
+{
+    api *a = arg;
+    unflushed *u;
+    LIST_FOREACH(u, &a->unflushed, link) {
+        if (u->req == req) {
+            unflushed_remove(a, u);
+            return;
+        }
+    }
+}
+
+static void on_conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+    api *a = arg;
+    unflushed *u, *next;
+    for (u = LIST_FIRST(&a->unflushed); u; u = next) {
+        next = LIST_NEXT(u, link);
+        if (u->evcon == evcon)
+            unflushed_remove(a, u);
+    }
+}
+
+/* Before evhttp_send_reply: the write may complete at once. A request whose
+   client is already gone has no connection, and evhttp frees it unsent. */
+static void track_flush(api *a, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (!evcon)
+        return;
+    unflushed *u = xcalloc(1, sizeof *u);
+    u->req = req;
+    u->evcon = evcon;
+    LIST_INSERT_HEAD(&a->unflushed, u, link);
+    a->nunflushed++;
+    evhttp_request_set_on_complete_cb(req, on_flushed, a);
+    evhttp_connection_set_closecb(evcon, on_conn_closed, a);
+}
+
 static void send_typed(api_req *r, int status, const char *type, const char *text, size_t len)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
@@ -162,6 +221,7 @@ static void send_typed(api_req *r, int status, const char *type, const char *tex
     struct evbuffer *out = evbuffer_new();
     if (text)
         evbuffer_add(out, text, len);
+    track_flush(r->api, r->req);
     evhttp_send_reply(r->req, status, NULL, out);
     evbuffer_free(out);
     log_ev(status >= 500 ? LOG_WARN : LOG_DEBUG, "api_request", "{s:s,s:s,s:i,s:I,s:s}", "path", r->path ? r->path : "",
@@ -856,6 +916,7 @@ static int api_start(server *srv, err *e)
     TAILQ_INIT(&a->replay_age);
     LIST_INIT(&a->inflight);
     LIST_INIT(&a->idem);
+    LIST_INIT(&a->unflushed);
     for (size_t i = 0; i < REPLAY_BUCKETS; i++)
         LIST_INIT(&a->replay[i]);
     srv->api = a;
@@ -900,7 +961,7 @@ size_t api_requests_in_flight(const api *a)
 
 static size_t api_busy(server *srv)
 {
-    return api_requests_in_flight(srv->api);
+    return srv->api ? srv->api->in_flight + srv->api->nunflushed : 0;
 }
 
 static void api_reload(server *srv, const config *cfg)
@@ -918,6 +979,8 @@ static void api_stop(server *srv)
         event_free(a->sweep);
     if (a->http)
         evhttp_free(a->http);
+    while (!LIST_EMPTY(&a->unflushed))
+        unflushed_remove(a, LIST_FIRST(&a->unflushed));
     seen_sig *s;
     while ((s = TAILQ_FIRST(&a->replay_age))) {
         TAILQ_REMOVE(&a->replay_age, s, age);
