@@ -204,7 +204,7 @@ static const cfg_def defs[] = {
      "due recipients read per scheduler scan (and most held in memory)"},
 
     {"dkim", "sign_threads", T_INT, F(dkim_sign_threads), "2", 0, 64, NULL,
-     "worker threads that DKIM-sign messages off the event loop (0: sign on the loop)"},
+     "worker threads that DKIM-sign messages and build the API's MIME messages off the event loop (0: on the loop)"},
     {"dkim", "rsa_signer", T_ENUM, F(dkim_rsa_signer), "openssl", 0, 0, "openssl|opendkim",
      "rsa-sha256 signatures by OpenSSL with the key parsed once (fast), or by libopendkim, which parses it per message"},
 

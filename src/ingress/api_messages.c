@@ -59,10 +59,31 @@ static json_t *accepted_body(const submit_result *res, char *const *rcpts)
 
 /* ---- POST /v1/messages ------------------------------------------------------- */
 
+/* A single send builds its MIME message on a worker thread (GMime and
+   libmagic cost more than everything else a request does on the loop),
+   then comes back to the loop for the budget, the submit pipeline and the
+   reply. The request stays owned by the API until the reply: the worker
+   reads only the job (the parsed body, the limits copied here). */
 typedef struct send_job {
     api_req *r;
+    mime_ctx *ctx;
+    json_t *req;
+    mime_limits lim;
+    char *blocked_extensions, *blocked_types; /* copies: a reload may change the config meanwhile */
     mime_result m;
+    int failed;
+    err e;
+    char field[MIME_FIELD_MAX];
 } send_job;
+
+static void send_job_free(send_job *j)
+{
+    mime_ctx_free(j->ctx);
+    mime_result_free(&j->m);
+    free(j->blocked_extensions);
+    free(j->blocked_types);
+    free(j);
+}
 
 static void on_sent(void *arg, const submit_result *res, const err *e)
 {
@@ -72,8 +93,7 @@ static void on_sent(void *arg, const submit_result *res, const err *e)
         api_error_err(j->r, e, NULL);
     else
         api_reply(j->r, 202, accepted_body(res, j->m.rcpts));
-    mime_result_free(&j->m);
-    free(j);
+    send_job_free(j);
 }
 
 /* Queue one built message; on failure the error is in e and nothing was queued. */
@@ -83,29 +103,49 @@ static int submit_built(api_req *r, mime_result *m, submit_cb cb, void *arg, err
     return submit_message(r->srv->submit, &s, cb, arg, e);
 }
 
+static void build_work(void *arg)
+{
+    send_job *j = arg;
+    err_clear(&j->e);
+    j->failed = mime_build(j->ctx, j->req, &j->lim, &j->m, j->field, &j->e) != 0;
+}
+
+static void build_done(void *arg)
+{
+    send_job *j = arg;
+    api_req *r = j->r;
+    if (j->failed) {
+        api_error_err(r, &j->e, j->field);
+        send_job_free(j);
+        return;
+    }
+    if (api_take_budget(r, 1, j->m.nrcpts)) {
+        send_job_free(j);
+        return;
+    }
+    err e;
+    err_clear(&e);
+    if (submit_built(r, &j->m, on_sent, j, &e)) {
+        api_rcpts_done(r->api, r->key.id, j->m.nrcpts);
+        api_error_err(r, &e, e.code == ERR_DENIED ? "from" : NULL);
+        send_job_free(j);
+    }
+}
+
 void api_messages_send(api_req *r)
 {
     send_job *j = xcalloc(1, sizeof *j);
     j->r = r;
-    mime_limits lim = limits_of(r->srv->cfg);
-    char field[MIME_FIELD_MAX];
-    err e;
-    err_clear(&e);
-    if (mime_build(api_mime(r->api), r->json, &lim, &j->m, field, &e)) {
-        api_error_err(r, &e, field);
-        free(j);
-        return;
-    }
-    if (api_take_budget(r, 1, j->m.nrcpts)) {
-        mime_result_free(&j->m);
-        free(j);
-        return;
-    }
-    if (submit_built(r, &j->m, on_sent, j, &e)) {
-        api_rcpts_done(r->api, r->key.id, j->m.nrcpts);
-        api_error_err(r, &e, e.code == ERR_DENIED ? "from" : NULL);
-        mime_result_free(&j->m);
-        free(j);
+    j->ctx = mime_ctx_ref(api_mime(r->api));
+    j->req = r->json;
+    j->lim = limits_of(r->srv->cfg);
+    j->blocked_extensions = xstrdup(j->lim.blocked_extensions ? j->lim.blocked_extensions : "");
+    j->blocked_types = xstrdup(j->lim.blocked_types ? j->lim.blocked_types : "");
+    j->lim.blocked_extensions = j->blocked_extensions;
+    j->lim.blocked_types = j->blocked_types;
+    if (submit_offload(r->srv->submit, build_work, build_done, j)) {
+        api_error(r, 503, "unavailable", NULL, "the server is shutting down");
+        send_job_free(j);
     }
 }
 
@@ -336,21 +376,18 @@ void api_messages_raw(api_req *r)
     const char *field = NULL;
     if (raw_envelope(r, &j->m, &field, &e)) {
         api_error_err(r, &e, field);
-        mime_result_free(&j->m);
-        free(j);
+        send_job_free(j);
         return;
     }
     normalise_newlines(r->body, r->len, &j->m);
     if (api_take_budget(r, 1, j->m.nrcpts)) {
-        mime_result_free(&j->m);
-        free(j);
+        send_job_free(j);
         return;
     }
     if (submit_built(r, &j->m, on_sent, j, &e)) {
         api_rcpts_done(r->api, r->key.id, j->m.nrcpts);
         api_error_err(r, &e, NULL);
-        mime_result_free(&j->m);
-        free(j);
+        send_job_free(j);
     }
 }
 

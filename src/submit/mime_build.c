@@ -8,6 +8,8 @@
 #include <ctype.h>
 #include <gmime/gmime.h>
 #include <magic.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,14 +19,21 @@
 #define TAG_MAX 128          /* longest tag, bytes */
 #define HEADER_VALUE_MAX 998 /* RFC 5322 line limit for one custom header value */
 
+/* One context serves the loop thread (batch) and the workers (single
+   sends): libmagic's handle is not safe for concurrent use, so it is
+   locked; everything else mime_build touches is per call. */
 struct mime_ctx {
     magic_t magic;
+    pthread_mutex_t lock;
+    atomic_int refs; /* a job on a worker keeps the context alive past api_stop */
 };
 
 mime_ctx *mime_ctx_new(err *e)
 {
     g_mime_init(); /* reference-counted: safe to call again */
     mime_ctx *c = xcalloc(1, sizeof *c);
+    pthread_mutex_init(&c->lock, NULL);
+    atomic_init(&c->refs, 1);
     c->magic = magic_open(MAGIC_MIME_TYPE | MAGIC_NO_CHECK_COMPRESS);
     if (!c->magic || magic_load(c->magic, NULL) != 0) {
         err_set(e, ERR_IO, "libmagic: cannot load its database: %s",
@@ -35,12 +44,19 @@ mime_ctx *mime_ctx_new(err *e)
     return c;
 }
 
+mime_ctx *mime_ctx_ref(mime_ctx *c)
+{
+    atomic_fetch_add(&c->refs, 1);
+    return c;
+}
+
 void mime_ctx_free(mime_ctx *c)
 {
-    if (!c)
+    if (!c || atomic_fetch_sub(&c->refs, 1) > 1)
         return;
     if (c->magic)
         magic_close(c->magic);
+    pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
@@ -585,7 +601,13 @@ static int build_attachment(mime_ctx *c, const json_t *a, size_t idx, const mime
                     filename, lim->max_attachment_size);
     }
     /* Content decides, not the name: an ELF or a script named report.pdf is caught here. */
-    const char *sniffed = magic_buffer(c->magic, data, (size_t)n);
+    char sniffed_buf[128];
+    pthread_mutex_lock(&c->lock);
+    const char *got = magic_buffer(c->magic, data, (size_t)n);
+    if (got)
+        snprintf(sniffed_buf, sizeof sniffed_buf, "%s", got); /* the handle's buffer is reused by the next call */
+    pthread_mutex_unlock(&c->lock);
+    const char *sniffed = got ? sniffed_buf : NULL;
     if (sniffed && in_list(sniffed, lim->blocked_types)) {
         free(data);
         return fail(field, p, e, ERR_INVALID, "attachment '%s' is %s content, which is blocked", filename,

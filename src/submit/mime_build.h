@@ -47,6 +47,8 @@ typedef struct mime_ctx mime_ctx;
 
 /* Returns NULL and fills e when libmagic cannot load its database. */
 mime_ctx *mime_ctx_new(err *e);
+/* Another reference (thread-safe); mime_ctx_free drops one and frees with the last. */
+mime_ctx *mime_ctx_ref(mime_ctx *c);
 void mime_ctx_free(mime_ctx *c);
 
 typedef struct mime_result {

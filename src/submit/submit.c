@@ -133,6 +133,15 @@ int submit_start_signing(submit *sb, struct event_base *base, int threads, err *
     return sb->pool ? 0 : -1;
 }
 
+int submit_offload(submit *sb, void (*work)(void *), void (*done)(void *), void *arg)
+{
+    if (sb->pool)
+        return signpool_run(sb->pool, work, done, arg);
+    work(arg);
+    done(arg);
+    return 0;
+}
+
 void submit_reload(submit *sb, const config *cfg)
 {
     sb->max_header = (size_t)cfg->smtp_max_header_size;

@@ -77,6 +77,11 @@ int submit_ready(const submit *sb, err *e);
    without it (CLI, tests) signing runs inside submit_message(). */
 struct event_base;
 int submit_start_signing(submit *sb, struct event_base *base, int threads, err *e);
+/* Run work(arg) on a signing worker and then done(arg) on the loop, for
+   other CPU-bound steps of an ingress (the API's MIME build). work must
+   touch nothing but arg. Without worker threads (CLI, tests, sign_threads
+   = 0) both run before this returns. -1 when the workers are stopping. */
+int submit_offload(submit *sb, void (*work)(void *), void (*done)(void *), void *arg);
 void submit_free(submit *sb);
 /* Apply limits from a re-read config. */
 void submit_reload(submit *sb, const config *cfg);
