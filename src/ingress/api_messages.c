@@ -59,20 +59,24 @@ static json_t *accepted_body(const submit_result *res, char *const *rcpts)
 
 /* ---- POST /v1/messages ------------------------------------------------------- */
 
-/* A single send builds its MIME message on a worker thread (GMime and
-   libmagic cost more than everything else a request does on the loop),
-   then comes back to the loop for the budget, the submit pipeline and the
-   reply. The request stays owned by the API until the reply: the worker
-   reads only the job (the parsed body, the limits copied here). */
+/* A single send decodes its JSON body and builds its MIME message on a
+   worker thread (jansson, GMime and libmagic cost more than everything
+   else a request does on the loop), then comes back to the loop for the
+   budget, the submit pipeline and the reply. The request stays owned by
+   the API until the reply: the worker reads only the job (the body, the
+   limits copied here). */
 typedef struct send_job {
     api_req *r;
     mime_ctx *ctx;
     json_t *req;
     mime_limits lim;
     char *blocked_extensions, *blocked_types; /* copies: a reload may change the config meanwhile */
+    const char *body;                         /* r->body, decoded on the worker */
+    size_t len, max_depth;
     mime_result m;
-    int failed;
+    int failed, bad_json;
     err e;
+    api_json_err je;
     char field[MIME_FIELD_MAX];
 } send_job;
 
@@ -107,6 +111,10 @@ static void build_work(void *arg)
 {
     send_job *j = arg;
     err_clear(&j->e);
+    if (api_json_decode(j->body, j->len, j->max_depth, &j->req, &j->je)) {
+        j->bad_json = 1;
+        return;
+    }
     j->failed = mime_build(j->ctx, j->req, &j->lim, &j->m, j->field, &j->e) != 0;
 }
 
@@ -114,6 +122,12 @@ static void build_done(void *arg)
 {
     send_job *j = arg;
     api_req *r = j->r;
+    r->json = j->req; /* freed with the request */
+    if (j->bad_json) {
+        api_error(r, 400, j->je.code, NULL, "%s", j->je.msg);
+        send_job_free(j);
+        return;
+    }
     if (j->failed) {
         api_error_err(r, &j->e, j->field);
         send_job_free(j);
@@ -137,7 +151,9 @@ void api_messages_send(api_req *r)
     send_job *j = xcalloc(1, sizeof *j);
     j->r = r;
     j->ctx = mime_ctx_ref(api_mime(r->api));
-    j->req = r->json;
+    j->body = r->body;
+    j->len = r->len;
+    j->max_depth = (size_t)r->srv->cfg->api_max_json_depth;
     j->lim = limits_of(r->srv->cfg);
     j->blocked_extensions = xstrdup(j->lim.blocked_extensions ? j->lim.blocked_extensions : "");
     j->blocked_types = xstrdup(j->lim.blocked_types ? j->lim.blocked_types : "");

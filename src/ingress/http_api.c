@@ -83,7 +83,9 @@ struct api {
     struct event *sweep;
 };
 
-enum { R_NOAUTH = 1, R_JSON = 2, R_IDEM = 4, R_RAW = 8, R_PARAM = 16 };
+/* R_JSON_LATE: Content-Type is checked here, the route decodes the body
+   itself (off the loop, with api_json_decode). */
+enum { R_NOAUTH = 1, R_JSON = 2, R_IDEM = 4, R_RAW = 8, R_PARAM = 16, R_JSON_LATE = 32 };
 
 typedef struct api_route {
     int method;
@@ -97,7 +99,7 @@ typedef struct api_route {
 static const api_route routes[] = {
     {EVHTTP_REQ_GET, "/healthz", 0, R_NOAUTH, api_healthz},
     {EVHTTP_REQ_GET, "/readyz", 0, R_NOAUTH, api_readyz},
-    {EVHTTP_REQ_POST, "/v1/messages", KEY_SCOPE_SEND, R_JSON | R_IDEM, api_messages_send},
+    {EVHTTP_REQ_POST, "/v1/messages", KEY_SCOPE_SEND, R_JSON_LATE | R_IDEM, api_messages_send},
     {EVHTTP_REQ_GET, "/v1/messages", KEY_SCOPE_READ, 0, api_messages_list},
     {EVHTTP_REQ_POST, "/v1/messages/batch", KEY_SCOPE_SEND, R_JSON | R_IDEM, api_messages_batch},
     {EVHTTP_REQ_POST, "/v1/messages/raw", KEY_SCOPE_SEND, R_RAW | R_IDEM, api_messages_raw},
@@ -628,31 +630,54 @@ static int media_is(const char *ct, const char *want)
     return strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+int api_json_decode(const char *body, size_t len, size_t max_depth, json_t **out, api_json_err *je)
+{
+    *out = NULL;
+    size_t at = 0;
+    if (!addr_valid_utf8(body, len)) {
+        je->code = "invalid_utf8";
+        snprintf(je->msg, sizeof je->msg, "the request body is not valid UTF-8");
+        return -1;
+    }
+    if (json_depth(body, len, max_depth, &at)) {
+        je->code = "json_too_deep";
+        snprintf(je->msg, sizeof je->msg, "JSON nesting deeper than %zu levels at byte %zu ([api] max_json_depth)",
+                 max_depth, at);
+        return -1;
+    }
+    json_error_t jerr;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        je->code = "invalid_json";
+        snprintf(je->msg, sizeof je->msg, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        je->code = "invalid_json";
+        snprintf(je->msg, sizeof je->msg, "the request body must be a JSON object");
+        return -1;
+    }
+    *out = j;
+    return 0;
+}
+
+static int check_json_type(api_req *r)
+{
+    if (media_is(content_type(r), "application/json"))
+        return 0;
+    api_error(r, 415, "unsupported_media_type", "Content-Type", "Content-Type must be application/json (got '%.80s')",
+              content_type(r));
+    return -1;
+}
+
 static int parse_json_body(api_req *r)
 {
-    if (!media_is(content_type(r), "application/json")) {
-        api_error(r, 415, "unsupported_media_type", "Content-Type",
-                  "Content-Type must be application/json (got '%.80s')", content_type(r));
+    if (check_json_type(r))
         return -1;
-    }
-    if (!addr_valid_utf8(r->body, r->len)) {
-        api_error(r, 400, "invalid_utf8", NULL, "the request body is not valid UTF-8");
-        return -1;
-    }
-    size_t max = (size_t)r->srv->cfg->api_max_json_depth, at = 0;
-    if (json_depth(r->body, r->len, max, &at)) {
-        api_error(r, 400, "json_too_deep", NULL, "JSON nesting deeper than %zu levels at byte %zu ([api] max_json_depth)",
-                  max, at);
-        return -1;
-    }
-    json_error_t je;
-    r->json = json_loadb(r->body, r->len, JSON_REJECT_DUPLICATES, &je);
-    if (!r->json) {
-        api_error(r, 400, "invalid_json", NULL, "invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
-        return -1;
-    }
-    if (!json_is_object(r->json)) {
-        api_error(r, 400, "invalid_json", NULL, "the request body must be a JSON object");
+    api_json_err je;
+    if (api_json_decode(r->body, r->len, (size_t)r->srv->cfg->api_max_json_depth, &r->json, &je)) {
+        api_error(r, 400, je.code, NULL, "%s", je.msg);
         return -1;
     }
     return 0;
@@ -808,6 +833,8 @@ static void dispatch(api_req *r)
     if (!(rt->flags & R_NOAUTH) && authenticate(r, rt->scope))
         return;
     if ((rt->flags & R_JSON) && parse_json_body(r))
+        return;
+    if ((rt->flags & R_JSON_LATE) && check_json_type(r))
         return;
     if ((rt->flags & R_RAW) && !media_is(content_type(r), "message/rfc822")) {
         api_error(r, 415, "unsupported_media_type", "Content-Type", "Content-Type must be message/rfc822 (got '%.80s')",

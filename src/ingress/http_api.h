@@ -8,7 +8,11 @@
  * more than [api] signature_skew of clock difference, or a replayed
  * signature), Content-Type (415), strict UTF-8 and JSON nesting depth
  * ([api] max_json_depth, 400), and Idempotency-Key (a repeat returns the
- * first answer, the same key with another body is 409). Routes live in
+ * first answer, the same key with another body is 409). POST /v1/messages
+ * is the one exception to the order: its body is decoded by the same
+ * api_json_decode(), with the same 400s, but on a worker thread after the
+ * Idempotency-Key check, because decoding a large body is most of its
+ * cost on the loop. Routes live in
  * api_messages.c, api_events.c, api_suppressions.c, api_health.c and
  * answer through api_reply()/api_error().
  *
@@ -58,6 +62,17 @@ typedef struct api_req {
     char idem_hash[65];        /* SHA-256 of method, path, query and body */
     int64_t started_ms;
 } api_req;
+
+/* Why a body is not a JSON object the API takes: the error code and message. */
+typedef struct api_json_err {
+    const char *code; /* invalid_utf8, json_too_deep, invalid_json */
+    char msg[ERR_MSG_MAX];
+} api_json_err;
+
+/* Decode a request body into a JSON object: strict UTF-8, nesting at most
+   max_depth, no duplicate keys. Touches only its arguments, so a worker
+   thread may call it. 0, or -1 with je filled (answer 400). */
+int api_json_decode(const char *body, size_t len, size_t max_depth, json_t **out, api_json_err *je);
 
 /* Send status with body (stolen; NULL for none) and free r. */
 void api_reply(api_req *r, int status, json_t *body);
