@@ -63,14 +63,14 @@ static json_t *accepted_body(const submit_result *res, char *const *rcpts)
    worker thread (jansson, GMime and libmagic cost more than everything
    else a request does on the loop), then comes back to the loop for the
    budget, the submit pipeline and the reply. The request stays owned by
-   the API until the reply: the worker reads only the job (the body, the
-   limits copied here). */
+   the API until the reply: the worker reads only the job (the body and
+   the limits). */
 typedef struct send_job {
     api_req *r;
     mime_ctx *ctx;
     json_t *req;
-    mime_limits lim;
-    char *blocked_extensions, *blocked_types; /* copies: a reload may change the config meanwhile */
+    mime_limits lim;                          /* its lists point into srv->cfg, which lives
+                                                 until the workers are joined */
     const char *body;                         /* r->body, decoded on the worker */
     size_t len, max_depth;
     mime_result m;
@@ -84,8 +84,6 @@ static void send_job_free(send_job *j)
 {
     mime_ctx_free(j->ctx);
     mime_result_free(&j->m);
-    free(j->blocked_extensions);
-    free(j->blocked_types);
     free(j);
 }
 
@@ -155,10 +153,6 @@ void api_messages_send(api_req *r)
     j->len = r->len;
     j->max_depth = (size_t)r->srv->cfg->api_max_json_depth;
     j->lim = limits_of(r->srv->cfg);
-    j->blocked_extensions = xstrdup(j->lim.blocked_extensions ? j->lim.blocked_extensions : "");
-    j->blocked_types = xstrdup(j->lim.blocked_types ? j->lim.blocked_types : "");
-    j->lim.blocked_extensions = j->blocked_extensions;
-    j->lim.blocked_types = j->blocked_types;
     if (submit_offload(r->srv->submit, build_work, build_done, j)) {
         api_error(r, 503, "unavailable", NULL, "the server is shutting down");
         send_job_free(j);

@@ -79,7 +79,6 @@ struct api {
     LIST_HEAD(key_list, key_inflight) inflight;
     LIST_HEAD(idem_list, idem_busy) idem;
     LIST_HEAD(unflushed_list, unflushed) unflushed;
-    size_t nunflushed;
     struct event *sweep;
 };
 
@@ -172,7 +171,6 @@ void api_reply_text(api_req *r, int status, const char *content_type, const char
 static void unflushed_remove(api *a, unflushed *u)
 {
     LIST_REMOVE(u, link);
-    a->nunflushed--;
     free(u);
 }
 
@@ -210,7 +208,6 @@ static void track_flush(api *a, struct evhttp_request *req)
     u->req = req;
     u->evcon = evcon;
     LIST_INSERT_HEAD(&a->unflushed, u, link);
-    a->nunflushed++;
     evhttp_request_set_on_complete_cb(req, on_flushed, a);
     evhttp_connection_set_closecb(evcon, on_conn_closed, a);
 }
@@ -986,9 +983,17 @@ size_t api_requests_in_flight(const api *a)
     return a ? a->in_flight : 0;
 }
 
+/* Asked only while draining, so counting the unflushed replies is cheap enough. */
 static size_t api_busy(server *srv)
 {
-    return srv->api ? srv->api->in_flight + srv->api->nunflushed : 0;
+    api *a = srv->api;
+    if (!a)
+        return 0;
+    size_t n = a->in_flight;
+    unflushed *u;
+    LIST_FOREACH(u, &a->unflushed, link)
+        n++;
+    return n;
 }
 
 static void api_reload(server *srv, const config *cfg)
